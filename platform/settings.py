@@ -1,0 +1,51 @@
+"""One settings object for every component, read from WAMFLEET_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "WAMFLEET_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
+
+    data_dir: Path = Field(
+        default=Path("wamfleet-data"),
+        description="Root of every embedded default (object store, catalog, MLflow, spools).",
+    )
+    storage_backend: Literal["local", "s3"] = Field(
+        default="local", description="`local`: a directory under data_dir; `s3`: MinIO or any S3 API."
+    )
+    s3_endpoint: str = Field(default="127.0.0.1:9000", description="host:port of the S3 API.")
+    s3_secure: bool = Field(default=False, description="Use HTTPS for the S3 API.")
+    s3_region: str | None = Field(default=None, description="S3 region, if the server needs one.")
+    s3_bucket: str = Field(default="wamfleet", description="Bucket that holds every wamfleet object.")
+    s3_access_key: str | None = Field(default=None, description="S3 access key id.")
+    s3_secret_key: SecretStr | None = Field(default=None, description="S3 secret key.")
+    presign_expiry_s: int = Field(
+        default=3600, gt=0, le=7 * 24 * 3600, description="Lifetime of presigned URLs in seconds."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.data_dir / "objects"
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(env var, effective value with secrets masked, description) for every setting."""
+        rows = []
+        for name, field in type(self).model_fields.items():
+            value: Any = getattr(self, name)
+            if isinstance(value, SecretStr):
+                shown = "********" if value.get_secret_value() else ""
+            elif value is None:
+                shown = ""
+            else:
+                shown = str(value)
+            rows.append((f"{ENV_PREFIX}{name.upper()}", shown, field.description or ""))
+        return rows

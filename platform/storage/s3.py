@@ -1,0 +1,153 @@
+"""Object store on any S3 API (MinIO in production) through the minio SDK."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import BinaryIO
+
+import urllib3
+from minio import Minio
+from minio.error import MinioException, S3Error
+
+from wamfleet.platform.storage.base import (
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStore,
+    StorageError,
+    validate_key,
+    validate_prefix,
+)
+
+log = logging.getLogger(__name__)
+
+MIN_PART_SIZE = 5 * 1024 * 1024
+_MISSING = {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}
+
+
+class S3ObjectStore(ObjectStore):
+    """One bucket; objects larger than `part_size` are uploaded as S3 multipart uploads."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str | None,
+        secret_key: str | None,
+        bucket: str,
+        *,
+        secure: bool = False,
+        region: str | None = None,
+        part_size: int = 16 * 1024 * 1024,
+        create_bucket: bool = True,
+        http_client: urllib3.PoolManager | None = None,
+    ) -> None:
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
+        self.bucket = bucket
+        self.part_size = part_size
+        self.client = Minio(
+            endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region,
+            http_client=http_client,
+        )
+        if create_bucket:
+            try:
+                if not self.client.bucket_exists(bucket):
+                    self.client.make_bucket(bucket)
+            except S3Error as exc:
+                if exc.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                    raise StorageError(f"cannot create bucket {bucket!r}: {exc}") from exc
+
+    def _wrap(self, key: str, exc: Exception) -> StorageError:
+        if isinstance(exc, S3Error) and exc.code in _MISSING:
+            return ObjectNotFound(key)
+        return StorageError(f"object store error on {key!r}: {exc}")
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        return self.put_stream(key, io.BytesIO(data), len(data))
+
+    def put_stream(self, key: str, stream: BinaryIO, length: int) -> ObjectInfo:
+        validate_key(key)
+        try:
+            self.client.put_object(self.bucket, key, stream, length, part_size=self.part_size)
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._wrap(key, exc) from exc
+        return ObjectInfo(key=key, size=length)
+
+    def put_file(self, key: str, path: Path) -> ObjectInfo:
+        validate_key(key)
+        try:
+            self.client.fput_object(self.bucket, key, str(path), part_size=self.part_size)
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._wrap(key, exc) from exc
+        return ObjectInfo(key=key, size=path.stat().st_size)
+
+    def get_bytes(self, key: str) -> bytes:
+        validate_key(key)
+        response = None
+        try:
+            response = self.client.get_object(self.bucket, key)
+            return response.read()
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._wrap(key, exc) from exc
+        finally:
+            if response is not None:
+                response.close()
+                response.release_conn()
+
+    def get_file(self, key: str, path: Path) -> ObjectInfo:
+        # fget_object downloads to a ".part.minio" file and renames it into place.
+        validate_key(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            stat = self.client.fget_object(self.bucket, key, str(path))
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._wrap(key, exc) from exc
+        return ObjectInfo(key=key, size=stat.size or 0, last_modified=stat.last_modified)
+
+    def stat(self, key: str) -> ObjectInfo:
+        validate_key(key)
+        try:
+            stat = self.client.stat_object(self.bucket, key)
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._wrap(key, exc) from exc
+        return ObjectInfo(key=key, size=stat.size or 0, last_modified=stat.last_modified)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        validate_prefix(prefix)
+        try:
+            for obj in self.client.list_objects(self.bucket, prefix=prefix or None, recursive=True):
+                if obj.is_dir or obj.object_name is None:
+                    continue
+                yield ObjectInfo(key=obj.object_name, size=obj.size or 0, last_modified=obj.last_modified)
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._wrap(prefix, exc) from exc
+
+    def delete(self, key: str) -> None:
+        validate_key(key)
+        try:
+            self.client.remove_object(self.bucket, key)
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            error = self._wrap(key, exc)
+            if not isinstance(error, ObjectNotFound):
+                raise error from exc
+
+    def presigned_put_url(self, key: str, expires: timedelta) -> str:
+        validate_key(key)
+        try:
+            return self.client.presigned_put_object(self.bucket, key, expires=expires)
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._wrap(key, exc) from exc
+
+    def presigned_get_url(self, key: str, expires: timedelta) -> str:
+        validate_key(key)
+        try:
+            return self.client.presigned_get_object(self.bucket, key, expires=expires)
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._wrap(key, exc) from exc
