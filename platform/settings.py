@@ -19,7 +19,8 @@ class Settings(BaseSettings):
         description="Root of every embedded default (object store, catalog, MLflow, spools).",
     )
     storage_backend: Literal["local", "s3"] = Field(
-        default="local", description="`local`: a directory under data_dir; `s3`: MinIO or any S3 API."
+        default="local",
+        description="`local`: a directory under data_dir; `s3`: MinIO or any S3 API.",
     )
     s3_endpoint: str = Field(default="127.0.0.1:9000", description="host:port of the S3 API.")
     s3_secure: bool = Field(default=False, description="Use HTTPS for the S3 API.")
@@ -28,7 +29,10 @@ class Settings(BaseSettings):
     s3_access_key: str | None = Field(default=None, description="S3 access key id.")
     s3_secret_key: SecretStr | None = Field(default=None, description="S3 secret key.")
     presign_expiry_s: int = Field(
-        default=3600, gt=0, le=7 * 24 * 3600, description="Lifetime of presigned URLs in seconds."
+        default=3600,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="Lifetime of presigned URLs in seconds.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
 

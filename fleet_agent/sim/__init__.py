@@ -1,1 +1,1 @@
-"""fleet_agent/sim."""
+"""Simulated robots: Meta-World (MuJoCo) arms driven by scripted experts, rendered on CPU."""

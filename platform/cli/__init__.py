@@ -1,1 +1,1 @@
-"""platform/cli."""
+"""The `wamfleet` command: the one composition root that may import every component."""

@@ -101,8 +101,7 @@ class EmbodimentSpec(_Strict):
                 )
             if self.norm_stats.action and self.norm_stats.action.dim != self.action_dim:
                 raise ValueError(
-                    f"norm_stats.action has {self.norm_stats.action.dim} dims, "
-                    f"action_names {self.action_dim}"
+                    f"norm_stats.action has {self.norm_stats.action.dim} dims, action_names {self.action_dim}"
                 )
         return self
 

@@ -13,7 +13,14 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from wamfleet.platform.contracts.embodiment import CameraSpec, EmbodimentRef
 from wamfleet.platform.contracts.ids import SLUG_PATTERN, is_uuid7

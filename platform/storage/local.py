@@ -71,7 +71,11 @@ class LocalObjectStore(ObjectStore):
             raise ObjectNotFound(key) from None
         if not path.is_file():
             raise ObjectNotFound(key)
-        return ObjectInfo(key=key, size=st.st_size, last_modified=datetime.fromtimestamp(st.st_mtime, UTC))
+        return ObjectInfo(
+            key=key,
+            size=st.st_size,
+            last_modified=datetime.fromtimestamp(st.st_mtime, UTC),
+        )
 
     def _commit(self, tmp: Path, key: str, path: Path) -> ObjectInfo:
         try:
@@ -189,7 +193,12 @@ class LocalObjectStore(ObjectStore):
         if expires.total_seconds() <= 0:
             raise ValueError("expires must be positive")
         expires_at = int(time.time() + expires.total_seconds())
-        query = urlencode({"expires": expires_at, "signature": self._signature(method, key, expires_at)})
+        query = urlencode(
+            {
+                "expires": expires_at,
+                "signature": self._signature(method, key, expires_at),
+            }
+        )
         return f"{self.url_base}/{quote(key)}?{query}"
 
     def presigned_put_url(self, key: str, expires: timedelta) -> str:

@@ -125,7 +125,11 @@ class S3ObjectStore(ObjectStore):
             for obj in self.client.list_objects(self.bucket, prefix=prefix or None, recursive=True):
                 if obj.is_dir or obj.object_name is None:
                     continue
-                yield ObjectInfo(key=obj.object_name, size=obj.size or 0, last_modified=obj.last_modified)
+                yield ObjectInfo(
+                    key=obj.object_name,
+                    size=obj.size or 0,
+                    last_modified=obj.last_modified,
+                )
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._wrap(prefix, exc) from exc
 

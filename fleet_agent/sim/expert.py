@@ -1,0 +1,62 @@
+"""Records scripted-expert episodes from a simulated robot through the ordinary EpisodeWriter."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from wamfleet.fleet_agent.episode_io import EpisodeWriter
+from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot
+from wamfleet.fleet_agent.sim.tasks import instruction_for
+from wamfleet.platform.contracts.episode import EpisodeManifest, EpisodeSource, Outcome
+
+
+def record_expert_episode(
+    robot: MetaWorldRobot,
+    directory: Path,
+    *,
+    robot_id: str,
+    seed: int,
+    max_steps: int = 150,
+    noise: float = 0.1,
+    frames_after_success: int = 4,
+    site: str | None = "sim",
+) -> EpisodeManifest:
+    """Runs the expert with action noise until success (plus a few frames) or `max_steps`.
+
+    The frame at step t pairs the observation before the action with the action taken,
+    as LeRobot records it.
+    """
+    rng = np.random.default_rng(seed)
+    obs = robot.reset(seed)
+    progress = 0.0
+    success_at: int | None = None
+    with EpisodeWriter(
+        directory,
+        robot_id=robot_id,
+        embodiment=robot.embodiment,
+        task=instruction_for(robot.task),
+        source=EpisodeSource.scripted,
+        site=site,
+        tags={"env": robot.task, "layout-seed": str(seed)},
+        started_at=datetime.now(UTC),
+    ) as writer:
+        for step in range(max_steps):
+            action = robot.expert_action(rng, noise)
+            result = robot.step(action)
+            writer.add_frame(
+                obs.images,
+                obs.state,
+                action,
+                reward=result.reward,
+                success=result.success,
+            )
+            progress = max(progress, result.progress)
+            obs = result
+            if result.success and success_at is None:
+                success_at = step
+            if success_at is not None and step - success_at >= frames_after_success:
+                break
+        return writer.close(Outcome(success=success_at is not None, progress=progress))

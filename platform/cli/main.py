@@ -1,0 +1,30 @@
+"""`wamfleet`: one command with a subcommand group per component."""
+
+from __future__ import annotations
+
+import platform as std_platform
+from importlib.metadata import version as package_version
+
+import typer
+
+from wamfleet.platform.cli import config_cmd, data_cmd, demo_cmd
+
+app = typer.Typer(
+    name="wamfleet",
+    help="Robot fleet learning with a World Action Model: record, curate, fine-tune, serve, roll out.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(data_cmd.app, name="data")
+app.command("demo")(demo_cmd.demo)
+
+
+@app.command()
+def version() -> None:
+    """Print the wamfleet version."""
+    typer.echo(f"wamfleet {package_version('wamfleet')} (Python {std_platform.python_version()})")
+
+
+if __name__ == "__main__":
+    app()
