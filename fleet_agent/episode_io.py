@@ -18,10 +18,11 @@ from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import av
 import av.container
+import av.video.stream
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -91,17 +92,23 @@ class VideoEncoder:
         crf: int = 23,
         preset: str = "veryfast",
         threads: int = 1,
+        zerolatency: bool = False,
     ) -> None:
         self.path = path
         self.width = width
         self.height = height
         self.frames = 0
+        self.encoded_bytes = 0
         self._container: av.container.OutputContainer = av.open(str(path), mode="w", format="mp4")
         options = {"g": str(gop), "bf": "0"}
         if codec == "libx264":
             options |= {"crf": str(crf), "preset": preset}
+            if zerolatency:  # every frame's packet leaves the encoder at once (exact size accounting)
+                options["tune"] = "zerolatency"
         rate = Fraction(fps).limit_denominator(1001)
-        stream = self._container.add_stream(codec, rate=rate, options=options)
+        stream = cast(
+            av.video.stream.VideoStream, self._container.add_stream(codec, rate=rate, options=options)
+        )
         stream.width = width
         stream.height = height
         stream.pix_fmt = "yuv420p"
@@ -112,7 +119,9 @@ class VideoEncoder:
     def add(self, image: Image) -> None:
         frame = av.VideoFrame.from_ndarray(image, format="rgb24")
         frame.pts = self.frames
-        self._container.mux(self._stream.encode(frame))
+        packets = self._stream.encode(frame)
+        self.encoded_bytes += sum(p.size for p in packets)
+        self._container.mux(packets)
         self.frames += 1
 
     def close(self) -> None:
@@ -416,7 +425,7 @@ class _CameraDecoder:
                     continue
                 if idx > expect:
                     raise BundleError(self.name, f"frame {expect} is missing (next decoded is {idx})")
-                yield frame.to_ndarray(format="rgb24")
+                yield np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)
                 expect += 1
                 if expect >= stop:
                     return

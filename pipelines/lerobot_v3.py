@@ -55,7 +55,7 @@ def image_key(camera: str) -> str:
 class _FileCursor:
     """Rolls data or video files over by size, with LeRobot's chunk/file numbering."""
 
-    max_bytes: int
+    max_bytes: float
     chunk_index: int = 0
     file_index: int = 0
 
@@ -185,8 +185,8 @@ def export_lerobot(
     out_dir: Path,
     embodiment: EmbodimentSpec,
     *,
-    data_file_mb: int = 100,
-    video_file_mb: int = 500,
+    data_file_mb: float = 100,
+    video_file_mb: float = 500,
     crf: int = 18,
 ) -> dict[str, Any]:
     """Writes the bundles (all of one embodiment) as a LeRobot v3.0 dataset; returns info.json."""
@@ -272,7 +272,9 @@ def export_lerobot(
                 if cam.name not in video_outs:
                     path = out_dir / cursor.path(VIDEO_PATH, video_key=key)
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    video_outs[cam.name] = VideoEncoder(path, cam.width, cam.height, m.fps, crf=crf)
+                    video_outs[cam.name] = VideoEncoder(
+                        path, cam.width, cam.height, m.fps, crf=crf, zerolatency=True
+                    )
                 encoder = video_outs[cam.name]
                 start = encoder.frames
                 for images in reader.iter_frames([cam.name]):
@@ -284,7 +286,7 @@ def export_lerobot(
                     f"videos/{key}/from_timestamp": start / m.fps,
                     f"videos/{key}/to_timestamp": encoder.frames / m.fps,
                 }
-                if encoder.path.stat().st_size >= cursor.max_bytes:
+                if encoder.encoded_bytes >= cursor.max_bytes:
                     encoder.close()
                     del video_outs[cam.name]
                     cursor.advance()
@@ -316,8 +318,8 @@ def export_lerobot(
     stats: dict[str, Any] = {"observation.state": state_stats.summary()}
     if has_actions:
         stats["action"] = action_stats.summary()
-    for cam, istats in image_stats.items():
-        stats[image_key(cam)] = istats.summary()
+    for camera, istats in image_stats.items():
+        stats[image_key(camera)] = istats.summary()
     (meta / "stats.json").write_text(json.dumps(stats, indent=2))
     info = {
         "codebase_version": CODEBASE_VERSION,
@@ -431,7 +433,7 @@ def _segment(path: Path, start_s: float, count: int, fps: float) -> Iterator[NDA
             index = round(frame.time * fps)
             if index < first:
                 continue
-            yield frame.to_ndarray(format="rgb24")
+            yield np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)
             produced += 1
             if produced == count:
                 return

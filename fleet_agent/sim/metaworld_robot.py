@@ -30,7 +30,8 @@ from wamfleet.platform.contracts.embodiment import (
 EMBODIMENT_NAME = "sawyer-metaworld"
 SIM_FPS = 15.0
 # Bundle camera name -> MuJoCo camera: an exterior view and the wrist view, as on real arms.
-CAMERAS = {"exterior": "corner2", "wrist": "gripperPOV"}
+CAMERAS = {"exterior": "corner2", "wrist": "gripperPOV", "top": "topview"}
+DEFAULT_CAMERAS = ("exterior", "wrist")
 STATE_NAMES = (
     ["hand_x", "hand_y", "hand_z", "gripper"]
     + [f"obj{o}_{c}" for o in (0, 1) for c in ("x", "y", "z", "qw", "qx", "qy", "qz")]
@@ -39,9 +40,12 @@ STATE_NAMES = (
     + ["goal_x", "goal_y", "goal_z"]
 )
 ACTION_NAMES = ["dx", "dy", "dz", "grip"]
+# Meta-World's registries are untyped; goal-observable envs take a layout seed at construction.
+_ENVS: dict[str, Any] = metaworld.ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE  # type: ignore[attr-defined]
+_EXPERTS: dict[str, Any] = ENV_POLICY_MAP
 
 
-def sawyer_embodiment(image_size: int = 96, cameras: tuple[str, ...] = tuple(CAMERAS)) -> EmbodimentSpec:
+def sawyer_embodiment(image_size: int = 96, cameras: tuple[str, ...] = DEFAULT_CAMERAS) -> EmbodimentSpec:
     return EmbodimentSpec(
         name=EMBODIMENT_NAME,
         version=1,
@@ -55,9 +59,7 @@ def sawyer_embodiment(image_size: int = 96, cameras: tuple[str, ...] = tuple(CAM
 
 
 def known_task(task: str) -> bool:
-    return (
-        f"{task}-goal-observable" in metaworld.ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE and task in ENV_POLICY_MAP
-    )
+    return f"{task}-goal-observable" in _ENVS and task in _EXPERTS
 
 
 def layout_seed(base_seed: int, robot_id: str, episode: int) -> int:
@@ -77,7 +79,7 @@ class StepResult:
 class MetaWorldRobot:
     """One task's environment; every `reset(seed)` draws a new object layout from that seed."""
 
-    def __init__(self, task: str, image_size: int = 96, cameras: tuple[str, ...] = tuple(CAMERAS)) -> None:
+    def __init__(self, task: str, image_size: int = 96, cameras: tuple[str, ...] = DEFAULT_CAMERAS) -> None:
         if not known_task(task):
             raise ValueError(f"task: unknown Meta-World task {task!r}")
         unknown = set(cameras) - set(CAMERAS)
@@ -86,9 +88,9 @@ class MetaWorldRobot:
         self.task = task
         self.cameras = cameras
         self.embodiment = sawyer_embodiment(image_size, cameras)
-        self.env: Any = metaworld.ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{task}-goal-observable"](seed=0)
+        self.env: Any = _ENVS[f"{task}-goal-observable"](seed=0)
         self.env.seeded_rand_vec = True
-        self.expert: Any = ENV_POLICY_MAP[task]()
+        self.expert: Any = _EXPERTS[task]()
         self.max_steps = int(self.env.max_path_length)
         model = self.env.model
         model.vis.quality.shadowsize = 0

@@ -125,7 +125,8 @@ def print_summary(summary: DemoSummary, console: Console) -> None:
     console.print(table)
     console.print(
         f"{summary.episodes} episodes, {summary.frames} frames, "
-        f"{summary.bytes_uploaded / 1e6:.2f} MB uploaded; {summary.frames_read_back} frames read back and verified"
+        f"{summary.bytes_uploaded / 1e6:.2f} MB uploaded; "
+        f"{summary.frames_read_back} frames read back and verified"
     )
     console.print(f"object store: {summary.data_dir / 'objects'}")
     console.print(f"LeRobot v3 dataset: {summary.lerobot_dir}")

@@ -7,13 +7,13 @@ so a model can never be driven with vectors it was not trained on.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal, Self
+from typing import Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from wamfleet.platform.contracts.ids import SLUG_PATTERN
 
-EMBODIMENT_SCHEMA_VERSION = 1
+EMBODIMENT_SCHEMA_VERSION: Final = 1
 
 
 class _Strict(BaseModel):

@@ -11,7 +11,7 @@ import re
 import uuid
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Literal, Self
+from typing import Final, Literal, Self
 
 from pydantic import (
     AwareDatetime,
@@ -25,7 +25,7 @@ from pydantic import (
 from wamfleet.platform.contracts.embodiment import CameraSpec, EmbodimentRef
 from wamfleet.platform.contracts.ids import SLUG_PATTERN, is_uuid7
 
-MANIFEST_SCHEMA_VERSION = 1
+MANIFEST_SCHEMA_VERSION: Final = 1
 MANIFEST_FILE = "manifest.json"
 DATA_FILE = "data.parquet"
 MAX_TASK_CHARS = 1000

@@ -63,6 +63,8 @@ class S3ObjectStore(ObjectStore):
             except S3Error as exc:
                 if exc.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
                     raise StorageError(f"cannot create bucket {bucket!r}: {exc}") from exc
+            except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+                raise StorageError(f"cannot reach the S3 API at {endpoint}: {exc}") from exc
 
     def _wrap(self, key: str, exc: Exception) -> StorageError:
         if isinstance(exc, S3Error) and exc.code in _MISSING:

@@ -1,0 +1,189 @@
+"""One suite, both backends: the local directory store and S3 (moto's server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import pytest
+
+from tests.conftest import make_s3_store
+from wamfleet.platform.storage import InvalidKey, LocalObjectStore, ObjectNotFound, ObjectStore, StorageError
+
+
+def test_put_get_stat_delete(object_store: ObjectStore) -> None:
+    info = object_store.put_bytes("a/b/c.bin", b"hello")
+    assert info.size == 5
+    assert object_store.get_bytes("a/b/c.bin") == b"hello"
+    assert object_store.stat("a/b/c.bin").size == 5
+    assert object_store.exists("a/b/c.bin")
+    object_store.put_bytes("a/b/c.bin", b"replaced")
+    assert object_store.get_bytes("a/b/c.bin") == b"replaced"
+    object_store.delete("a/b/c.bin")
+    assert not object_store.exists("a/b/c.bin")
+    object_store.delete("a/b/c.bin")  # deleting twice is fine
+
+
+def test_missing_objects_raise_object_not_found(object_store: ObjectStore, tmp_path: Path) -> None:
+    with pytest.raises(ObjectNotFound):
+        object_store.get_bytes("nope/x")
+    with pytest.raises(ObjectNotFound):
+        object_store.stat("nope/x")
+    with pytest.raises(ObjectNotFound):
+        object_store.get_file("nope/x", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_list_is_recursive_sorted_and_prefix_filtered(object_store: ObjectStore) -> None:
+    for key in [
+        "ep/r2/x/manifest.json",
+        "ep/r1/y/data.parquet",
+        "ep/r1/x/data.parquet",
+        "other/z",
+        "ep/r10/q",
+    ]:
+        object_store.put_bytes(key, key.encode())
+    assert [i.key for i in object_store.list("ep/r1/")] == ["ep/r1/x/data.parquet", "ep/r1/y/data.parquet"]
+    assert [i.key for i in object_store.list("ep/r1")] == [
+        "ep/r1/x/data.parquet",
+        "ep/r1/y/data.parquet",
+        "ep/r10/q",
+    ]
+    assert len(list(object_store.list(""))) == 5
+    assert list(object_store.list("absent/")) == []
+
+
+def test_files_and_streams(object_store: ObjectStore, tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(bytes(range(256)) * 100)
+    assert object_store.put_file("f/src.bin", src).size == 25600
+    out = tmp_path / "nested" / "out.bin"
+    assert object_store.get_file("f/src.bin", out).size == 25600
+    assert out.read_bytes() == src.read_bytes()
+    object_store.put_stream("f/stream", io.BytesIO(b"0123456789"), 10)
+    assert object_store.get_bytes("f/stream") == b"0123456789"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../escape",
+        "a/../../escape",
+        "/abs/path",
+        "a//b",
+        "a/./b",
+        "a\\b",
+        "",
+        "a/.hidden",
+        "a/b c",
+        "x" * 1100,
+    ],
+)
+def test_keys_that_escape_or_are_malformed_are_rejected(object_store: ObjectStore, key: str) -> None:
+    with pytest.raises(InvalidKey):
+        object_store.put_bytes(key, b"x")
+    with pytest.raises(InvalidKey):
+        object_store.get_bytes(key)
+
+
+def test_presigned_get_url_expires_in_the_future(object_store: ObjectStore) -> None:
+    object_store.put_bytes("p/q", b"payload")
+    url = object_store.presigned_get_url("p/q", timedelta(minutes=5))
+    assert url.startswith("http://127.0.0.1:")
+    assert "p/q" in url
+
+
+def test_large_object_goes_through_multipart(moto_endpoint: str) -> None:
+    store = make_s3_store(moto_endpoint, part_size=5 * 1024 * 1024)
+    blob = bytes(range(256)) * (13 * 1024 * 1024 // 256)  # 13 MiB: three parts
+    store.put_stream("big/blob", io.BytesIO(blob), len(blob))
+    assert store.stat("big/blob").size == len(blob)
+    assert store.get_bytes("big/blob") == blob
+
+
+def test_s3_part_size_below_minimum_is_refused(moto_endpoint: str) -> None:
+    with pytest.raises(ValueError, match="part_size"):
+        make_s3_store(moto_endpoint, part_size=1024)
+
+
+def test_s3_presigned_put_and_get_work_over_http(moto_endpoint: str) -> None:
+    store = make_s3_store(moto_endpoint)
+    put_url = store.presigned_put_url("robots/r1/upload.bin", timedelta(minutes=5))
+    assert httpx.put(put_url, content=b"from a robot").status_code == 200
+    assert store.get_bytes("robots/r1/upload.bin") == b"from a robot"
+    get_url = store.presigned_get_url("robots/r1/upload.bin", timedelta(minutes=5))
+    assert httpx.get(get_url).content == b"from a robot"
+    assert "X-Amz-Expires=300" in get_url
+
+
+def test_s3_unreachable_server_raises_storage_error() -> None:
+    import urllib3
+
+    no_retry = urllib3.PoolManager(retries=False, timeout=2)
+    with pytest.raises(StorageError):
+        make_s3_store("127.0.0.1:9", http_client=no_retry)
+
+
+def test_local_presigned_urls_are_signed_per_method_and_key(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path, url_base="http://127.0.0.1:8080/objects")
+    url = store.presigned_put_url("episodes/r1/e/data.parquet", timedelta(minutes=1))
+    parsed = urlparse(url)
+    assert parsed.path == "/objects/episodes/r1/e/data.parquet"
+    query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
+    expires, signature = int(query["expires"]), query["signature"]
+    store.verify_presigned("PUT", "episodes/r1/e/data.parquet", expires, signature)
+    with pytest.raises(PermissionError, match="signature"):
+        store.verify_presigned("GET", "episodes/r1/e/data.parquet", expires, signature)
+    with pytest.raises(PermissionError, match="signature"):
+        store.verify_presigned("PUT", "episodes/r2/e/data.parquet", expires, signature)
+    with pytest.raises(PermissionError, match="signature"):
+        store.verify_presigned("PUT", "episodes/r1/e/data.parquet", expires + 3600, signature)
+    # The signing key survives a restart: URLs handed out before stay valid.
+    LocalObjectStore(tmp_path).verify_presigned("PUT", "episodes/r1/e/data.parquet", expires, signature)
+
+
+def test_local_presigned_url_expiry(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path, url_base="http://127.0.0.1:8080/objects")
+    expired_at = 1_000_000
+    signature = store._signature("GET", "a/b", expired_at)
+    with pytest.raises(PermissionError, match="expired"):
+        store.verify_presigned("GET", "a/b", expired_at, signature)
+
+
+def test_local_store_without_url_base_cannot_presign(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="url_base"):
+        LocalObjectStore(tmp_path).presigned_get_url("a/b", timedelta(minutes=1))
+
+
+def test_local_writes_are_atomic(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path)
+    store.put_bytes("k/v", b"original")
+
+    class Exploding(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            if self.tell() > 0:
+                raise OSError("link dropped")
+            return super().read(4)
+
+    with pytest.raises(OSError, match="link dropped"):
+        store.put_stream("k/v", Exploding(b"new content!"), 12)
+    assert store.get_bytes("k/v") == b"original"  # the old object is intact
+    with pytest.raises(StorageError, match="short"):
+        store.put_stream("k/w", io.BytesIO(b"abc"), 10)
+    assert not store.exists("k/w")
+    assert list((tmp_path / ".tmp").iterdir()) == []  # no temp files left behind
+    assert [i.key for i in store.list("")] == ["k/v"]
+
+
+def test_local_store_rejects_symlink_escape(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "root"
+    store = LocalObjectStore(root)
+    (root / "link").symlink_to(outside)
+    with pytest.raises(InvalidKey, match="escapes"):
+        store.put_bytes("link/x", b"x")
+    assert list(outside.iterdir()) == []
