@@ -81,14 +81,14 @@ def main() -> None:
     verdict = "met" if realtime >= TARGET_REALTIME else "MISSED"
     size = f"{args.size}x{args.size}"
     print(f"episode I/O: {n_cams} cameras at {size}, {spec.fps:.0f} fps, one core, {args.frames} frames")
-    print(
-        f"encode: {camera_frames / encode_s:.1f} camera-frames/s ({args.frames / encode_s:.1f} episode-frames/s)"
-    )
+    per_s = args.frames / encode_s
+    print(f"encode: {camera_frames / encode_s:.1f} camera-frames/s ({per_s:.1f} episode-frames/s)")
     print(f"encode vs real time: {realtime:.1f}x (target >= {TARGET_REALTIME:.0f}x: {verdict})")
     print(f"decode: {decoded / decode_s:.1f} camera-frames/s (sequential, including checksum verification)")
     print(f"random access: {random_ms:.1f} ms per frame index (all {n_cams} cameras)")
+    ratio = raw_bytes * camera_frames / video_bytes
     print(
-        f"bytes per camera-frame: {video_bytes / camera_frames:.0f} (raw RGB {raw_bytes}, {raw_bytes * camera_frames / video_bytes:.0f}x smaller)"
+        f"bytes per camera-frame: {video_bytes / camera_frames:.0f} (raw RGB {raw_bytes}, {ratio:.0f}x smaller)"
     )
     print(f"parquet bytes per frame: {parquet_bytes / args.frames:.0f}")
 
