@@ -88,7 +88,7 @@ def main() -> None:
     print(f"random access: {random_ms:.1f} ms per frame index (all {n_cams} cameras)")
     ratio = raw_bytes * camera_frames / video_bytes
     print(
-        f"bytes per camera-frame: {video_bytes / camera_frames:.0f} (raw RGB {raw_bytes}, {ratio:.0f}x smaller)"
+        f"bytes per camera-frame: {video_bytes / camera_frames:.0f} (raw {raw_bytes}, {ratio:.0f}x smaller)"
     )
     print(f"parquet bytes per frame: {parquet_bytes / args.frames:.0f}")
 
