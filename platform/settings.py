@@ -16,7 +16,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(
         default=Path("wamfleet-data"),
-        description="Root of every embedded default (object store, catalog, MLflow, spools).",
+        description="Root of the embedded defaults: the local object store (objects/) and demo runs (demo/).",
     )
     storage_backend: Literal["local", "s3"] = Field(
         default="local",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import platform as std_platform
 from importlib.metadata import version as package_version
 
 import typer
 
 from wamfleet.platform.cli import config_cmd, data_cmd, demo_cmd
+from wamfleet.platform.cli.common import load_settings
 
 app = typer.Typer(
     name="wamfleet",
@@ -15,6 +17,16 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def main() -> None:
+    """Robot fleet learning with a World Action Model: record, curate, fine-tune, serve, roll out."""
+    logging.basicConfig(
+        level=load_settings().log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")
 app.command("demo")(demo_cmd.demo)

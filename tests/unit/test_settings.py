@@ -59,3 +59,9 @@ def test_object_store_follows_settings(tmp_path: Path, moto_endpoint: str) -> No
     assert isinstance(s3, S3ObjectStore)
     s3.put_bytes("hello", b"world")
     assert s3.get_bytes("hello") == b"world"
+
+
+def test_readme_configuration_table_lists_every_setting() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for env, _, _ in Settings().describe():
+        assert f"| `{env}` |" in readme, f"README's configuration table lacks {env}"
