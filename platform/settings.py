@@ -28,12 +28,6 @@ class Settings(BaseSettings):
     s3_bucket: str = Field(default="wamfleet", description="Bucket that holds every wamfleet object.")
     s3_access_key: str | None = Field(default=None, description="S3 access key id.")
     s3_secret_key: SecretStr | None = Field(default=None, description="S3 secret key.")
-    presign_expiry_s: int = Field(
-        default=3600,
-        gt=0,
-        le=7 * 24 * 3600,
-        description="Lifetime of presigned URLs in seconds.",
-    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
 
     @property
