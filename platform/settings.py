@@ -16,7 +16,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(
         default=Path("wamfleet-data"),
-        description="Root of the embedded defaults: the local object store (objects/) and demo runs (demo/).",
+        description="Root of the embedded defaults: objects/, catalog.db, demo runs.",
     )
     storage_backend: Literal["local", "s3"] = Field(
         default="local",
@@ -28,11 +28,33 @@ class Settings(BaseSettings):
     s3_bucket: str = Field(default="wamfleet", description="Bucket that holds every wamfleet object.")
     s3_access_key: str | None = Field(default=None, description="S3 access key id.")
     s3_secret_key: SecretStr | None = Field(default=None, description="S3 secret key.")
+    catalog_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the catalog (PostgreSQL in production); default: SQLite in data_dir.",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token for admin routes; `platform serve` generates one if unset."
+    )
+    api_host: str = Field(default="127.0.0.1", description="Address `wamfleet platform serve` binds.")
+    api_port: int = Field(default=8600, ge=0, le=65535, description="Port `wamfleet platform serve` binds.")
+    presign_expiry_s: int = Field(
+        default=3600, gt=0, le=7 * 24 * 3600, description="Lifetime of upload and download URLs in seconds."
+    )
+    upload_session_ttl_s: int = Field(
+        default=24 * 3600, gt=0, description="An upload session not committed within this time expires."
+    )
+    max_file_bytes: int = Field(
+        default=4 * 1024**3, gt=0, description="Largest single file an episode may declare (bytes)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
 
     @property
     def objects_dir(self) -> Path:
         return self.data_dir / "objects"
+
+    @property
+    def effective_catalog_url(self) -> str:
+        return self.catalog_url or f"sqlite:///{(self.data_dir / 'catalog.db').resolve()}"
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(env var, effective value with secrets masked, description) for every setting."""

@@ -94,6 +94,14 @@ class ObjectStore(ABC):
         """Every object whose key starts with `prefix`, recursively, in key order."""
 
     @abstractmethod
+    def copy(self, src: str, dst: str) -> ObjectInfo:
+        """Server-side copy; `dst` appears whole or not at all."""
+
+    @abstractmethod
+    def sha256(self, key: str) -> str:
+        """Hex sha256 of the stored bytes, computed by streaming the object."""
+
+    @abstractmethod
     def delete(self, key: str) -> None:
         """Removes the object; deleting a missing key is not an error."""
 

@@ -10,11 +10,13 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote, urlencode
 
+from wamfleet.platform.contracts.checksums import sha256_file
 from wamfleet.platform.storage.base import (
     InvalidKey,
     ObjectInfo,
@@ -117,6 +119,21 @@ class LocalObjectStore(ObjectStore):
             raise
         return self._commit(tmp, key, path)
 
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        """A file to write an object into; it appears at `key` only if the block succeeds."""
+        path = self._path(key)
+        tmp = self._new_tmp()
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._commit(tmp, key, path)
+
     def get_bytes(self, key: str) -> bytes:
         path = self._path(key)
         try:
@@ -139,6 +156,30 @@ class LocalObjectStore(ObjectStore):
 
     def stat(self, key: str) -> ObjectInfo:
         return self._info(key, self._path(key))
+
+    def copy(self, src: str, dst: str) -> ObjectInfo:
+        source = self._path(src)
+        target = self._path(dst)
+        tmp = self._new_tmp()
+        try:
+            shutil.copyfile(source, tmp)
+        except (FileNotFoundError, IsADirectoryError):
+            tmp.unlink(missing_ok=True)
+            raise ObjectNotFound(src) from None
+        return self._commit(tmp, dst, target)
+
+    def sha256(self, key: str) -> str:
+        path = self._path(key)
+        try:
+            return sha256_file(path)
+        except (FileNotFoundError, IsADirectoryError):
+            raise ObjectNotFound(key) from None
+
+    def local_path(self, key: str) -> Path:
+        """Where an object lives on disk (for streaming it back over HTTP)."""
+        path = self._path(key)
+        self._info(key, path)
+        return path
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         validate_prefix(prefix)

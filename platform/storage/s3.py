@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from typing import BinaryIO
 
 import urllib3
 from minio import Minio
+from minio.commonconfig import ComposeSource
 from minio.error import MinioException, S3Error
 
 from wamfleet.platform.storage.base import (
@@ -120,6 +122,32 @@ class S3ObjectStore(ObjectStore):
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._wrap(key, exc) from exc
         return ObjectInfo(key=key, size=stat.size or 0, last_modified=stat.last_modified)
+
+    def copy(self, src: str, dst: str) -> ObjectInfo:
+        # compose_object copies server-side, in parts when the source is over 5 GiB.
+        validate_key(src)
+        validate_key(dst)
+        try:
+            self.client.compose_object(self.bucket, dst, [ComposeSource(self.bucket, src)])
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._wrap(src, exc) from exc
+        return self.stat(dst)
+
+    def sha256(self, key: str) -> str:
+        validate_key(key)
+        digest = hashlib.sha256()
+        response = None
+        try:
+            response = self.client.get_object(self.bucket, key)
+            for chunk in response.stream(1 << 20):
+                digest.update(chunk)
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._wrap(key, exc) from exc
+        finally:
+            if response is not None:
+                response.close()
+                response.release_conn()
+        return digest.hexdigest()
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         validate_prefix(prefix)

@@ -187,3 +187,18 @@ def test_local_store_rejects_symlink_escape(tmp_path: Path) -> None:
     with pytest.raises(InvalidKey, match="escapes"):
         store.put_bytes("link/x", b"x")
     assert list(outside.iterdir()) == []
+
+
+def test_copy_and_sha256(object_store: ObjectStore) -> None:
+    import hashlib
+
+    payload = b"episode bytes" * 1000
+    object_store.put_bytes("uploads/s1/data.parquet", payload)
+    info = object_store.copy("uploads/s1/data.parquet", "episodes/r/e/data.parquet")
+    assert info.size == len(payload)
+    assert object_store.get_bytes("episodes/r/e/data.parquet") == payload
+    assert object_store.sha256("episodes/r/e/data.parquet") == hashlib.sha256(payload).hexdigest()
+    with pytest.raises(ObjectNotFound):
+        object_store.copy("uploads/none", "episodes/x")
+    with pytest.raises(ObjectNotFound):
+        object_store.sha256("uploads/none")

@@ -1,0 +1,1 @@
+"""The platform's HTTP API (FastAPI): robots, embodiments, uploads, episodes, objects."""

@@ -1,0 +1,75 @@
+"""Presigned object URLs of the local store, served by the platform (S3 serves its own).
+
+A PUT is accepted only into an open upload session's staging key and never beyond the
+size the manifest declared for that file.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.responses import FileResponse
+
+from wamfleet.platform.api.state import PlatformState, get_state
+from wamfleet.platform.storage.base import InvalidKey, ObjectNotFound
+from wamfleet.platform.storage.local import LocalObjectStore
+
+OBJECTS_PATH = "/v1/objects"
+router = APIRouter(prefix=OBJECTS_PATH, tags=["objects"])
+State = Annotated[PlatformState, Depends(get_state)]
+
+
+def _local_store(state: PlatformState) -> LocalObjectStore:
+    if not isinstance(state.store, LocalObjectStore):
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, detail="objects are served by the S3 store, not the platform"
+        )
+    return state.store
+
+
+def _verify(store: LocalObjectStore, method: str, key: str, expires: int, signature: str) -> None:
+    try:
+        store.verify_presigned(method, key, expires, signature)
+    except InvalidKey as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from None
+    except PermissionError as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(exc)) from None
+
+
+@router.put("/{key:path}", status_code=status.HTTP_200_OK)
+async def put_object(
+    key: str, expires: int, signature: str, request: Request, state: State
+) -> dict[str, int]:
+    store = _local_store(state)
+    _verify(store, "PUT", key, expires, signature)
+    limit = await anyio.to_thread.run_sync(state.ingest.staged_size_limit, key)
+    if limit is None:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail="no open upload session expects this file")
+    declared = request.headers.get("content-length")
+    if declared is not None and int(declared) > limit:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE, detail=f"{declared} bytes exceeds the declared size {limit}"
+        )
+    received = 0
+    with store.open_write(key) as f:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise HTTPException(
+                    status.HTTP_413_CONTENT_TOO_LARGE, detail=f"body exceeds the declared size {limit}"
+                )
+            await anyio.to_thread.run_sync(f.write, chunk)
+    return {"size": received}
+
+
+@router.get("/{key:path}")
+def get_object(key: str, expires: int, signature: str, state: State) -> FileResponse:
+    store = _local_store(state)
+    _verify(store, "GET", key, expires, signature)
+    try:
+        path = store.local_path(key)
+    except ObjectNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no object {key!r}") from None
+    return FileResponse(path, media_type="application/octet-stream")

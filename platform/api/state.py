@@ -1,0 +1,26 @@
+"""What every request handler shares: settings, catalog, object store, ingest service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from wamfleet.platform.catalog.db import Catalog
+from wamfleet.platform.catalog.ingest import IngestService
+from wamfleet.platform.settings import Settings
+from wamfleet.platform.storage.base import ObjectStore
+
+
+@dataclass
+class PlatformState:
+    settings: Settings
+    catalog: Catalog
+    store: ObjectStore
+    ingest: IngestService
+    admin_token: str | None
+
+
+def get_state(request: Request) -> PlatformState:
+    state: PlatformState = request.app.state.platform
+    return state

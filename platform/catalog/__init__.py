@@ -1,0 +1,1 @@
+"""The catalog: what the platform knows about robots, embodiments, episodes and uploads."""

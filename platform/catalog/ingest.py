@@ -1,0 +1,265 @@
+"""Upload sessions and commits: how an episode gets into the catalog exactly once, whole.
+
+Robots upload into staging keys (`uploads/<session>/<file>`) through URLs that point nowhere
+else. Commit copies the staged files to the episode's final keys, which only the platform
+writes, hashes the final copies, writes the manifest, and records the episode in one
+transaction. Every step can be repeated, so a commit retried after a crash or a restart of
+the platform finishes the same way; a robot's late write to staging can never change an
+accepted episode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from wamfleet.platform.catalog import queries
+from wamfleet.platform.catalog.db import Catalog
+from wamfleet.platform.catalog.tables import Episode, Robot, UploadSession
+from wamfleet.platform.contracts.episode import MANIFEST_FILE, EpisodeManifest
+from wamfleet.platform.contracts.ingest import UploadTarget, UploadTicket
+from wamfleet.platform.storage.base import ObjectNotFound, ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+class IngestError(Exception):
+    status_code = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(IngestError):
+    status_code = 404
+
+
+class Forbidden(IngestError):
+    status_code = 403
+
+
+class Conflict(IngestError):
+    status_code = 409
+
+
+class Gone(IngestError):
+    status_code = 410
+
+
+class TooLarge(IngestError):
+    status_code = 413
+
+
+class Invalid(IngestError):
+    status_code = 422
+
+
+def staging_key(session_id: str, path: str) -> str:
+    return f"uploads/{session_id}/{path}"
+
+
+@dataclass
+class IngestService:
+    catalog: Catalog
+    store: ObjectStore
+    url_expiry: timedelta
+    session_ttl: timedelta
+    max_file_bytes: int
+    # Called between commit steps; tests use it to crash a commit at a chosen point.
+    step_hook: Callable[[str], None] | None = None
+
+    def _step(self, name: str) -> None:
+        if self.step_hook is not None:
+            self.step_hook(name)
+
+    # Opening ---------------------------------------------------------------------------
+
+    def _check_manifest(self, robot: Robot, manifest: EpisodeManifest) -> None:
+        if manifest.robot_id != robot.robot_id:
+            raise Forbidden(f"manifest.robot_id {manifest.robot_id!r} is not this robot ({robot.robot_id!r})")
+        for entry in manifest.files:
+            if entry.size > self.max_file_bytes:
+                raise TooLarge(
+                    f"{entry.path}: {entry.size} bytes exceeds the {self.max_file_bytes}-byte limit"
+                )
+        with self.catalog.session() as s:
+            spec = queries.get_embodiment(s, manifest.embodiment.name, manifest.embodiment.version)
+        if spec is None:
+            raise Invalid(
+                f"manifest.embodiment: {manifest.embodiment.name} v{manifest.embodiment.version} "
+                "is not registered"
+            )
+        if [c.name for c in manifest.cameras] != [c.name for c in spec.cameras]:
+            raise Invalid(
+                f"manifest.cameras: {[c.name for c in manifest.cameras]} do not match the embodiment's "
+                f"{[c.name for c in spec.cameras]}"
+            )
+        if manifest.state_names != spec.state_names:
+            raise Invalid("manifest.state_names do not match the embodiment's state_names")
+        if manifest.has_actions and manifest.action_names != spec.action_names:
+            raise Invalid("manifest.action_names do not match the embodiment's action_names")
+
+    def _ticket(self, upload: UploadSession, status: str) -> UploadTicket:
+        manifest = EpisodeManifest.model_validate(upload.manifest)
+        targets = []
+        for entry in manifest.files:
+            key = staging_key(upload.session_id, entry.path)
+            received = False
+            if status == "open":
+                with contextlib.suppress(ObjectNotFound):
+                    received = self.store.stat(key).size == entry.size
+            targets.append(
+                UploadTarget(
+                    path=entry.path,
+                    size=entry.size,
+                    url=self.store.presigned_put_url(key, self.url_expiry) if status == "open" else "",
+                    received=received or status == "committed",
+                )
+            )
+        return UploadTicket(
+            session_id=upload.session_id,  # type: ignore[arg-type]
+            episode_id=manifest.episode_id,
+            status="committed" if status == "committed" else "open",
+            expires_at=upload.expires_at,
+            files=targets,
+        )
+
+    def open_upload(self, robot: Robot, manifest: EpisodeManifest) -> UploadTicket:
+        self._check_manifest(robot, manifest)
+        digest = queries.manifest_digest(manifest)
+        with self.catalog.session() as s:
+            episode = queries.get_episode(s, manifest.episode_id)
+            if episode is not None:
+                return self._committed_ticket(s, robot, episode, digest)
+            upload = queries.open_upload_session(s, manifest, self.session_ttl)
+            queries.audit(
+                s,
+                f"robot:{robot.robot_id}",
+                "upload.open",
+                str(manifest.episode_id),
+                upload=upload.session_id,
+            )
+        return self._ticket(upload, "open")
+
+    def _committed_ticket(self, s: Session, robot: Robot, episode: Episode, digest: str) -> UploadTicket:
+        if episode.robot_id != robot.robot_id:
+            raise Conflict(f"episode {episode.episode_id} belongs to another robot")
+        if episode.manifest_sha256 != digest:
+            raise Conflict(f"episode {episode.episode_id} is already committed with a different manifest")
+        manifest = EpisodeManifest.model_validate(episode.manifest)
+        committed = queries.committed_session(s, episode.episode_id)
+        return UploadTicket(
+            session_id=committed.session_id if committed else manifest.episode_id,  # type: ignore[arg-type]
+            episode_id=manifest.episode_id,
+            status="committed",
+            expires_at=episode.committed_at,
+            files=[UploadTarget(path=f.path, size=f.size, url="", received=True) for f in manifest.files],
+        )
+
+    def get_ticket(self, robot: Robot | None, session_id: str) -> UploadTicket:
+        upload = self._session_for(robot, session_id)
+        return self._ticket(upload, upload.status)
+
+    def _session_for(self, robot: Robot | None, session_id: str) -> UploadSession:
+        with self.catalog.session() as s:
+            upload = queries.get_upload_session(s, session_id)
+        if upload is None or (robot is not None and upload.robot_id != robot.robot_id):
+            raise NotFound(f"no upload session {session_id}")
+        return upload
+
+    def staged_size_limit(self, key: str) -> int | None:
+        """The declared size of the file an open session expects at this staging key, else None."""
+        parts = key.split("/", 2)
+        if len(parts) != 3 or parts[0] != "uploads":
+            return None
+        with self.catalog.session() as s:
+            upload = queries.get_upload_session(s, parts[1])
+        if upload is None or upload.status != "open" or upload.expires_at <= queries.now():
+            return None
+        manifest = EpisodeManifest.model_validate(upload.manifest)
+        for entry in manifest.files:
+            if entry.path == parts[2]:
+                return entry.size
+        return None
+
+    # Committing -------------------------------------------------------------------------
+
+    def commit(self, robot: Robot, session_id: str) -> Episode:
+        upload = self._session_for(robot, session_id)
+        manifest = EpisodeManifest.model_validate(upload.manifest)
+        with self.catalog.session() as s:
+            episode = queries.get_episode(s, manifest.episode_id)
+        if episode is not None:
+            if episode.manifest_sha256 != upload.manifest_sha256:
+                raise Conflict(
+                    f"episode {manifest.episode_id} is already committed with a different manifest"
+                )
+            return episode
+        if upload.status == "expired" or upload.expires_at <= queries.now():
+            raise Gone(f"upload session {session_id} has expired; open a new one")
+
+        final = manifest.prefix
+        for entry in manifest.files:
+            staged = staging_key(session_id, entry.path)
+            try:
+                size = self.store.stat(staged).size
+            except ObjectNotFound:
+                # A previous attempt may have moved it already; the final copy is checked below.
+                if not self.store.exists(final + entry.path):
+                    raise Invalid(f"{entry.path}: not uploaded") from None
+                continue
+            if size != entry.size:
+                raise Invalid(f"{entry.path}: uploaded {size} bytes, manifest declares {entry.size}")
+            self.store.copy(staged, final + entry.path)
+            self._step(f"copied:{entry.path}")
+        for entry in manifest.files:
+            digest = self.store.sha256(final + entry.path)
+            if digest != entry.sha256:
+                self.store.delete(final + entry.path)
+                raise Invalid(f"{entry.path}: sha256 {digest} does not match the manifest; upload it again")
+        self._step("verified")
+        self.store.put_bytes(final + MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
+        self._step("manifest-written")
+        try:
+            with self.catalog.session() as s:
+                episode = queries.add_episode(s, manifest)
+                stored = queries.get_upload_session(s, session_id)
+                assert stored is not None
+                stored.status = "committed"
+                stored.committed_at = queries.now()
+                queries.audit(
+                    s,
+                    f"robot:{robot.robot_id}",
+                    "episode.commit",
+                    str(manifest.episode_id),
+                    upload=session_id,
+                    bytes=manifest.total_bytes,
+                )
+        except IntegrityError:
+            # A concurrent commit of the same episode won the race; it did the same work.
+            with self.catalog.session() as s:
+                winner = queries.get_episode(s, manifest.episode_id)
+            if winner is None:
+                raise
+            return winner
+        self._step("recorded")
+        for entry in manifest.files:
+            self.store.delete(staging_key(session_id, entry.path))
+        return episode
+
+    def expire_stale_sessions(self) -> int:
+        with self.catalog.session() as s:
+            stale = queries.expire_upload_sessions(s)
+            for upload in stale:
+                queries.audit(s, "platform", "upload.expire", upload.episode_id, upload=upload.session_id)
+        for upload in stale:
+            for info in self.store.list(f"uploads/{upload.session_id}/"):
+                self.store.delete(info.key)
+        return len(stale)

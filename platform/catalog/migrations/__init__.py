@@ -1,0 +1,1 @@
+"""Alembic migrations of the catalog (a package so installs carry them)."""

@@ -1,0 +1,132 @@
+"""Catalog tables (SQLAlchemy 2.0). Schema changes go through Alembic migrations only."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every database (SQLite drops the zone; PostgreSQL keeps it)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the catalog; use an aware UTC datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: JSON}
+
+
+class Embodiment(Base):
+    __tablename__ = "embodiments"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    spec: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+
+class Robot(Base):
+    __tablename__ = "robots"
+
+    robot_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    embodiment_name: Mapped[str] = mapped_column(String(63))
+    site: Mapped[str | None] = mapped_column(String(63))
+    description: Mapped[str] = mapped_column(Text, default="")
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime | None]
+
+
+class Episode(Base):
+    __tablename__ = "episodes"
+
+    episode_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    robot_id: Mapped[str] = mapped_column(ForeignKey("robots.robot_id"), index=True)
+    embodiment_name: Mapped[str] = mapped_column(String(63), index=True)
+    embodiment_version: Mapped[int] = mapped_column(Integer)
+    task: Mapped[str] = mapped_column(Text)
+    site: Mapped[str | None] = mapped_column(String(63))
+    source: Mapped[str] = mapped_column(String(32))
+    fps: Mapped[float] = mapped_column(Float)
+    num_frames: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(index=True)
+    has_actions: Mapped[bool] = mapped_column(Boolean, index=True)
+    policy_version: Mapped[str | None] = mapped_column(String(200))
+    success: Mapped[bool | None] = mapped_column(Boolean)
+    progress: Mapped[float | None] = mapped_column(Float)
+    interventions: Mapped[int] = mapped_column(Integer, default=0)
+    total_bytes: Mapped[int] = mapped_column(BigInteger)
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    manifest: Mapped[dict[str, Any]]
+    quality: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    committed_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class EpisodeTag(Base):
+    """Tags in their own table so `key=value` search is one indexed query on any database."""
+
+    __tablename__ = "episode_tags"
+
+    episode_id: Mapped[str] = mapped_column(
+        ForeignKey("episodes.episode_id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(63), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+
+    __table_args__ = (Index("ix_episode_tags_key_value", "key", "value"),)
+
+
+class UploadSession(Base):
+    __tablename__ = "upload_sessions"
+
+    session_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    episode_id: Mapped[str] = mapped_column(String(36), index=True)
+    robot_id: Mapped[str] = mapped_column(ForeignKey("robots.robot_id"), index=True)
+    manifest: Mapped[dict[str, Any]]
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), index=True)  # open | committed | expired
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    committed_at: Mapped[datetime | None]
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    actor: Mapped[str] = mapped_column(String(80))
+    action: Mapped[str] = mapped_column(String(80), index=True)
+    target: Mapped[str] = mapped_column(String(200))
+    details: Mapped[dict[str, Any]]
