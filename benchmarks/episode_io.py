@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from wamfleet.fleet_agent.episode_io import EpisodeReader, EpisodeWriter
-from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot, layout_seed
+from wamfleet.fleet_agent.sim.fleet import layout_seed
+from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot
 
 CAMERAS = ("exterior", "wrist", "top")
 TARGET_REALTIME = 10.0

@@ -13,17 +13,30 @@ from wamfleet.fleet_agent.sim.tasks import instruction_for
 from wamfleet.platform.contracts.episode import EpisodeManifest, EpisodeSource, Outcome
 
 
-def record_expert_episode(
+def expert_writer_kwargs(
+    robot: MetaWorldRobot, robot_id: str, seed: int, site: str | None = "sim"
+) -> dict[str, object]:
+    """What an expert episode's writer is told: who, what task, which layout."""
+    return {
+        "robot_id": robot_id,
+        "embodiment": robot.embodiment,
+        "task": instruction_for(robot.task),
+        "source": EpisodeSource.scripted,
+        "site": site,
+        "tags": {"env": robot.task, "layout-seed": str(seed)},
+        "started_at": datetime.now(UTC),
+    }
+
+
+def run_expert_episode(
     robot: MetaWorldRobot,
-    directory: Path,
+    writer: EpisodeWriter,
     *,
-    robot_id: str,
     seed: int,
     max_steps: int = 150,
     noise: float = 0.1,
     frames_after_success: int = 4,
-    site: str | None = "sim",
-) -> EpisodeManifest:
+) -> Outcome:
     """Runs the expert with action noise until success (plus a few frames) or `max_steps`.
 
     The frame at step t pairs the observation before the action with the action taken,
@@ -33,30 +46,30 @@ def record_expert_episode(
     obs = robot.reset(seed)
     progress = 0.0
     success_at: int | None = None
-    with EpisodeWriter(
-        directory,
-        robot_id=robot_id,
-        embodiment=robot.embodiment,
-        task=instruction_for(robot.task),
-        source=EpisodeSource.scripted,
-        site=site,
-        tags={"env": robot.task, "layout-seed": str(seed)},
-        started_at=datetime.now(UTC),
-    ) as writer:
-        for step in range(max_steps):
-            action = robot.expert_action(rng, noise)
-            result = robot.step(action)
-            writer.add_frame(
-                obs.images,
-                obs.state,
-                action,
-                reward=result.reward,
-                success=result.success,
-            )
-            progress = max(progress, result.progress)
-            obs = result
-            if result.success and success_at is None:
-                success_at = step
-            if success_at is not None and step - success_at >= frames_after_success:
-                break
-        return writer.close(Outcome(success=success_at is not None, progress=progress))
+    for step in range(max_steps):
+        action = robot.expert_action(rng, noise)
+        result = robot.step(action)
+        writer.add_frame(obs.images, obs.state, action, reward=result.reward, success=result.success)
+        progress = max(progress, result.progress)
+        obs = result
+        if result.success and success_at is None:
+            success_at = step
+        if success_at is not None and step - success_at >= frames_after_success:
+            break
+    return Outcome(success=success_at is not None, progress=progress)
+
+
+def record_expert_episode(
+    robot: MetaWorldRobot,
+    directory: Path,
+    *,
+    robot_id: str,
+    seed: int,
+    max_steps: int = 150,
+    noise: float = 0.1,
+    site: str | None = "sim",
+) -> EpisodeManifest:
+    """One expert episode written to `directory` as a finished bundle."""
+    with EpisodeWriter(directory, **expert_writer_kwargs(robot, robot_id, seed, site)) as writer:  # type: ignore[arg-type]
+        outcome = run_expert_episode(robot, writer, seed=seed, max_steps=max_steps, noise=noise)
+        return writer.close(outcome)

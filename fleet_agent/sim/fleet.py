@@ -1,61 +1,130 @@
-"""Runs simulated robots, one process each, recording scripted-expert episodes into spools.
+"""Simulated fleets: one process per Meta-World robot, recording into its own spool.
 
-Each robot process reports every finished episode's manifest on a queue; the caller decides
-what to do with the bundle (upload it, read it back). Processes are spawned, not forked, so
-each owns its own MuJoCo/EGL context.
+Each robot records scripted-expert episodes exactly as a real robot would: through its spool
+and, when it has a token, through its own uploader and the platform API. Every finished or
+uploaded episode is reported on a queue. Processes are spawned, not forked, so each owns its
+MuJoCo/EGL context.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import queue
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from wamfleet.platform.contracts.episode import EpisodeManifest
 
+REPETITIVE_LAYOUTS = 2
+
+
+class FleetMode(StrEnum):
+    """`diverse`: every episode a new layout, tasks rotating; `repetitive`: a quarter of the
+    tasks (at least one), each on 2 fixed layouts. Same number of episodes either way."""
+
+    diverse = "diverse"
+    repetitive = "repetitive"
+
+
+def layout_seed(base_seed: int, robot_id: str, episode: int) -> int:
+    """Deterministic, well-spread object-layout seed per (fleet seed, robot, episode)."""
+    return zlib.crc32(f"{base_seed}/{robot_id}/{episode}".encode()) & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class AgentLink:
+    """How a simulated robot reaches the platform: the same settings a real robot has."""
+
+    api_url: str
+    token: str
+    bandwidth_limit: int = 0
+    retention_s: float = 0.0
+
 
 @dataclass(frozen=True)
 class SimRobotPlan:
     robot_id: str
-    tasks: tuple[str, ...]
-    episodes: int
-    seed: int
+    episodes: tuple[tuple[str, int], ...]  # (Meta-World task, layout seed) per episode
     image_size: int = 96
     noise: float = 0.1
     max_steps: int = 150
+    agent: AgentLink | None = None
+
+
+def plan_fleet(
+    robot_ids: Sequence[str], episodes: int, tasks: Sequence[str], mode: FleetMode, seed: int
+) -> dict[str, tuple[tuple[str, int], ...]]:
+    """Which task and layout each robot records, episode by episode."""
+    plans: dict[str, tuple[tuple[str, int], ...]] = {}
+    if mode is FleetMode.diverse:
+        for k, robot_id in enumerate(robot_ids):
+            plans[robot_id] = tuple(
+                (tasks[(k + e) % len(tasks)], layout_seed(seed, robot_id, e)) for e in range(episodes)
+            )
+        return plans
+    few = list(tasks[: max(1, len(tasks) // 4)])
+    layouts = {t: [layout_seed(seed, t, i) for i in range(REPETITIVE_LAYOUTS)] for t in few}
+    for k, robot_id in enumerate(robot_ids):
+        chosen = []
+        for e in range(episodes):
+            task = few[(k + e) % len(few)]
+            chosen.append((task, layouts[task][(k + e) % REPETITIVE_LAYOUTS]))
+        plans[robot_id] = tuple(chosen)
+    return plans
 
 
 @dataclass(frozen=True)
-class RecordedEpisode:
+class FleetEvent:
+    kind: str  # "recorded" | "uploaded"
     robot_id: str
     directory: Path
     manifest: EpisodeManifest
 
 
-def _robot_main(plan: SimRobotPlan, spool: str, out: Any) -> None:
-    from wamfleet.fleet_agent.sim.expert import record_expert_episode
-    from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot, layout_seed
+def _robot_main(plan: SimRobotPlan, spool_root: str, out: Any) -> None:
+    from wamfleet.fleet_agent.client import PlatformClient
+    from wamfleet.fleet_agent.sim.expert import expert_writer_kwargs, run_expert_episode
+    from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot
+    from wamfleet.fleet_agent.spool import Spool
+    from wamfleet.fleet_agent.uploader import Uploader
 
+    spool = Spool(Path(spool_root) / plan.robot_id)
+    spool.recover_recordings()
+    uploader = None
+    if plan.agent is not None:
+        client = PlatformClient(plan.agent.api_url, plan.agent.token)
+        uploader = Uploader(
+            spool, client, bandwidth_limit=plan.agent.bandwidth_limit, retention_s=plan.agent.retention_s
+        )
     robots: dict[str, MetaWorldRobot] = {}
+    manifests: dict[str, EpisodeManifest] = {}
     try:
-        for episode in range(plan.episodes):
-            task = plan.tasks[episode % len(plan.tasks)]
+        for task, seed in plan.episodes:
             if task not in robots:
                 robots[task] = MetaWorldRobot(task, image_size=plan.image_size)
-            seed = layout_seed(plan.seed, plan.robot_id, episode)
-            directory = Path(spool) / plan.robot_id / f"episode-{episode:05d}"
-            manifest = record_expert_episode(
-                robots[task],
-                directory,
-                robot_id=plan.robot_id,
-                seed=seed,
-                max_steps=plan.max_steps,
-                noise=plan.noise,
-            )
-            out.put(("episode", plan.robot_id, str(directory), manifest.model_dump_json()))
+            robot = robots[task]
+            writer = spool.start_recording(**expert_writer_kwargs(robot, plan.robot_id, seed))
+            with writer:
+                outcome = run_expert_episode(
+                    robot, writer, seed=seed, max_steps=plan.max_steps, noise=plan.noise
+                )
+                manifest = spool.finish(writer, outcome)
+            ready = spool.dir("ready", str(manifest.episode_id))
+            manifests[ready.name] = manifest
+            out.put(("recorded", plan.robot_id, str(ready), manifest.model_dump_json()))
+            if uploader is not None:
+                report = uploader.run_once()
+                for name in report.committed:
+                    done = manifests[name]
+                    out.put(
+                        ("uploaded", plan.robot_id, str(spool.dir("uploaded", name)), done.model_dump_json())
+                    )
+                if report.rejected:
+                    raise RuntimeError(f"platform refused episodes {report.rejected}")
         out.put(("done", plan.robot_id, "", ""))
     except BaseException as exc:
         out.put(("error", plan.robot_id, "", f"{type(exc).__name__}: {exc}"))
@@ -66,12 +135,12 @@ def _robot_main(plan: SimRobotPlan, spool: str, out: Any) -> None:
 
 
 def run_sim_fleet(
-    plans: Sequence[SimRobotPlan], spool: Path, timeout_s: float = 1800.0
-) -> Iterator[RecordedEpisode]:
-    """Yields each episode as soon as its robot finishes it; raises if any robot fails."""
+    plans: Sequence[SimRobotPlan], spool_root: Path, timeout_s: float = 1800.0
+) -> Iterator[FleetEvent]:
+    """Yields each robot's events as they happen; raises if any robot fails."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_robot_main, args=(p, str(spool), out), daemon=True) for p in plans]
+    procs = [ctx.Process(target=_robot_main, args=(p, str(spool_root), out), daemon=True) for p in plans]
     for proc in procs:
         proc.start()
     pending = {p.robot_id for p in plans}
@@ -81,12 +150,14 @@ def run_sim_fleet(
                 kind, robot_id, directory, payload = out.get(timeout=timeout_s)
             except queue.Empty:
                 raise TimeoutError(f"robots {sorted(pending)} sent nothing for {timeout_s:.0f}s") from None
-            if kind == "episode":
-                yield RecordedEpisode(robot_id, Path(directory), EpisodeManifest.model_validate_json(payload))
-            elif kind == "done":
+            if kind == "done":
                 pending.discard(robot_id)
-            else:
+            elif kind == "error":
                 raise RuntimeError(f"robot {robot_id} failed: {payload}")
+            else:
+                yield FleetEvent(
+                    kind, robot_id, Path(directory), EpisodeManifest.model_validate_json(payload)
+                )
     finally:
         for proc in procs:
             proc.join(timeout=10)

@@ -11,7 +11,6 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import warnings
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,11 +59,6 @@ def sawyer_embodiment(image_size: int = 96, cameras: tuple[str, ...] = DEFAULT_C
 
 def known_task(task: str) -> bool:
     return f"{task}-goal-observable" in _ENVS and task in _EXPERTS
-
-
-def layout_seed(base_seed: int, robot_id: str, episode: int) -> int:
-    """Deterministic, well-spread object-layout seed per (fleet seed, robot, episode)."""
-    return zlib.crc32(f"{base_seed}/{robot_id}/{episode}".encode()) & 0x7FFFFFFF
 
 
 @dataclass

@@ -1,11 +1,14 @@
 """`wamfleet demo`: the flywheel on the embedded defaults, from an empty data dir.
 
-At this stage: simulated robots record episodes, the bundles land in the object store, are
-read back and verified, and the lot is exported as a LeRobot v3 dataset.
+At this stage: the platform API starts (SQLite catalog, local object store); simulated robots
+register, record and upload episodes through their agents; the catalog's view of what
+arrived is printed; every episode is downloaded through its signed URLs, verified, and the
+lot exported as a LeRobot v3 dataset.
 """
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import tempfile
 from collections import Counter
@@ -14,20 +17,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from wamfleet.fleet_agent.episode_io import EpisodeReader
-from wamfleet.fleet_agent.sim.fleet import SimRobotPlan, run_sim_fleet
-from wamfleet.fleet_agent.sim.metaworld_robot import known_task, sawyer_embodiment
+from wamfleet.fleet_agent.sim.fleet import FleetMode
 from wamfleet.fleet_agent.sim.tasks import DEFAULT_TASKS
-from wamfleet.pipelines.lerobot_v3 import export_lerobot
+from wamfleet.platform.cli.admin_client import AdminClient
 from wamfleet.platform.cli.common import fail, load_settings
+from wamfleet.platform.cli.fleet_cmd import parse_tasks, simulate_fleet
+from wamfleet.platform.contracts.ingest import EpisodeSummary
 from wamfleet.platform.settings import Settings
-from wamfleet.platform.storage import open_object_store
-from wamfleet.platform.storage.bundles import download_bundle, iter_manifests, upload_bundle
-from wamfleet.platform.storage.embodiments import put_embodiment
 
 DEMO_MARKER = ".wamfleet-demo"
 
@@ -46,12 +47,17 @@ class DemoOptions:
 class DemoSummary:
     data_dir: Path
     lerobot_dir: Path
-    episodes: int = 0
-    frames: int = 0
-    bytes_uploaded: int = 0
+    api_url: str = ""
+    episodes: list[EpisodeSummary] = field(default_factory=list)
     frames_read_back: int = 0
-    per_robot: Counter[tuple[str, str]] = field(default_factory=Counter)
-    successes: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    @property
+    def frames(self) -> int:
+        return sum(e.num_frames for e in self.episodes)
+
+    @property
+    def bytes(self) -> int:
+        return sum(e.total_bytes for e in self.episodes)
 
 
 def prepare_data_dir(path: Path) -> None:
@@ -67,67 +73,81 @@ def prepare_data_dir(path: Path) -> None:
 
 
 def run_demo(settings: Settings, options: DemoOptions, console: Console) -> DemoSummary:
+    from wamfleet.fleet_agent.episode_io import EpisodeReader
+    from wamfleet.fleet_agent.sim.metaworld_robot import sawyer_embodiment
+    from wamfleet.pipelines.lerobot_v3 import export_lerobot
+    from wamfleet.platform.api.app import create_app
+    from wamfleet.platform.api.server import serve_in_thread
+
     data_dir = settings.data_dir
     prepare_data_dir(data_dir)
-    store = open_object_store(settings)
-    embodiment = sawyer_embodiment(options.image_size)
-    put_embodiment(store, embodiment)
+    admin_token = secrets.token_urlsafe(24)
+    settings = settings.model_copy(update={"admin_token": SecretStr(admin_token), "catalog_url": None})
     summary = DemoSummary(data_dir=data_dir, lerobot_dir=data_dir / "lerobot")
-    plans = [
-        SimRobotPlan(
-            robot_id=f"sim-{i + 1}",
-            tasks=(options.tasks[i % len(options.tasks)],),
+    with serve_in_thread(create_app(settings)) as api_url:
+        summary.api_url = api_url
+        console.print(f"platform API on {api_url} (SQLite catalog, {settings.storage_backend} object store)")
+        simulate_fleet(
+            api_url,
+            admin_token,
+            robots=options.robots,
             episodes=options.episodes_per_robot,
+            tasks=options.tasks,
+            mode=FleetMode.diverse,
+            spool_root=data_dir / "spool",
             seed=options.seed,
             image_size=options.image_size,
             max_steps=options.max_steps,
+            console=console,
         )
-        for i in range(options.robots)
-    ]
-    total = options.robots * options.episodes_per_robot
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
-        record = progress.add_task(f"{options.robots} robots recording + uploading", total=total)
-        for recorded in run_sim_fleet(plans, data_dir / "spool"):
-            manifest = upload_bundle(store, recorded.directory)
-            shutil.rmtree(recorded.directory)
-            key = (manifest.robot_id, manifest.tags.get("env", manifest.task))
-            summary.per_robot[key] += 1
-            summary.successes[key] += int(bool(manifest.outcome.success))
-            summary.episodes += 1
-            summary.frames += manifest.num_frames
-            summary.bytes_uploaded += manifest.total_bytes
-            progress.advance(record)
-
-        manifests = list(iter_manifests(store))
-        readback = progress.add_task("reading back + verifying", total=len(manifests))
-        with tempfile.TemporaryDirectory(prefix="wamfleet-demo-") as tmp:
-            dirs = []
-            for m in manifests:
-                directory = Path(tmp) / str(m.episode_id)
-                download_bundle(store, m.robot_id, m.episode_id, directory)
-                with EpisodeReader(directory) as reader:
-                    summary.frames_read_back += sum(1 for _ in reader.iter_frames())
-                dirs.append(directory)
-                progress.advance(readback)
-            export = progress.add_task("exporting LeRobot v3 dataset", total=None)
-            export_lerobot(dirs, summary.lerobot_dir, embodiment)
-            progress.update(export, total=1, completed=1)
+        admin = AdminClient(api_url, admin_token)
+        try:
+            summary.episodes = admin.all_episodes()
+            columns = (
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+            )
+            with Progress(*columns, console=console) as progress, tempfile.TemporaryDirectory() as tmp:
+                readback = progress.add_task("downloading + verifying", total=len(summary.episodes))
+                dirs = []
+                for episode in summary.episodes:
+                    directory = Path(tmp) / str(episode.episode_id)
+                    admin.download_episode(episode.episode_id, directory)
+                    with EpisodeReader(directory) as reader:
+                        summary.frames_read_back += sum(1 for _ in reader.iter_frames())
+                    dirs.append(directory)
+                    progress.advance(readback)
+                export = progress.add_task("exporting LeRobot v3 dataset", total=1)
+                export_lerobot(dirs, summary.lerobot_dir, sawyer_embodiment(options.image_size))
+                progress.advance(export)
+        finally:
+            admin.close()
     return summary
 
 
 def print_summary(summary: DemoSummary, console: Console) -> None:
-    table = Table(title="episodes in the object store")
-    for column in ("robot", "task", "episodes", "expert success"):
+    table = Table(title="the catalog's view: committed episodes")
+    for column in ("robot", "task", "episodes", "frames", "expert success"):
         table.add_column(column)
-    for (robot, task), count in sorted(summary.per_robot.items()):
-        table.add_row(robot, task, str(count), f"{summary.successes[(robot, task)]}/{count}")
+    counts: Counter[tuple[str, str]] = Counter()
+    frames: Counter[tuple[str, str]] = Counter()
+    wins: Counter[tuple[str, str]] = Counter()
+    for e in summary.episodes:
+        key = (e.robot_id, e.tags.get("env", e.task))
+        counts[key] += 1
+        frames[key] += e.num_frames
+        wins[key] += int(bool(e.outcome.success))
+    for key, count in sorted(counts.items()):
+        table.add_row(key[0], key[1], str(count), str(frames[key]), f"{wins[key]}/{count}")
     console.print(table)
     console.print(
-        f"{summary.episodes} episodes, {summary.frames} frames, "
-        f"{summary.bytes_uploaded / 1e6:.2f} MB uploaded; "
-        f"{summary.frames_read_back} frames read back and verified"
+        f"{len(summary.episodes)} episodes, {summary.frames} frames, "
+        f"{summary.bytes / 1e6:.2f} MB in the catalog; "
+        f"{summary.frames_read_back} frames downloaded and verified"
     )
+    console.print(f"catalog: {summary.data_dir / 'catalog.db'}")
     console.print(f"object store: {summary.data_dir / 'objects'}")
     console.print(f"LeRobot v3 dataset: {summary.lerobot_dir}")
 
@@ -139,21 +159,14 @@ def demo(
     robots: Annotated[int, typer.Option(min=1, max=16, help="Simulated robots, one process each.")] = 2,
     episodes: Annotated[int, typer.Option(min=1, max=1000, help="Episodes per robot.")] = 3,
     tasks: Annotated[
-        str, typer.Option(help="Comma-separated Meta-World tasks, one per robot in turn.")
+        str, typer.Option(help="Comma-separated Meta-World tasks, rotated over the robots.")
     ] = ",".join(DEFAULT_TASKS),
     seed: Annotated[int, typer.Option(help="Fleet seed for object layouts and action noise.")] = 0,
 ) -> None:
     """Run the flywheel end to end on the embedded defaults."""
     base = load_settings()
     settings = base.model_copy(update={"data_dir": (data_dir or base.data_dir / "demo").resolve()})
-    task_list = tuple(t.strip() for t in tasks.split(",") if t.strip())
-    if not task_list:
-        fail("--tasks: name at least one Meta-World task")
-    unknown = [t for t in task_list if not known_task(t)]
-    if unknown:
-        fail(f"--tasks: unknown Meta-World tasks {unknown}")
+    options = DemoOptions(robots=robots, episodes_per_robot=episodes, tasks=parse_tasks(tasks), seed=seed)
     console = Console()
-    summary = run_demo(
-        settings, DemoOptions(robots=robots, episodes_per_robot=episodes, tasks=task_list, seed=seed), console
-    )
+    summary = run_demo(settings, options, console)
     print_summary(summary, console)

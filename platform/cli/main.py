@@ -8,7 +8,7 @@ from importlib.metadata import version as package_version
 
 import typer
 
-from wamfleet.platform.cli import config_cmd, data_cmd, demo_cmd
+from wamfleet.platform.cli import agent_cmd, config_cmd, data_cmd, demo_cmd, fleet_cmd, platform_cmd
 from wamfleet.platform.cli.common import load_settings
 
 app = typer.Typer(
@@ -29,6 +29,9 @@ def main() -> None:
 
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")
+app.add_typer(platform_cmd.app, name="platform")
+app.add_typer(agent_cmd.app, name="agent")
+app.add_typer(fleet_cmd.app, name="fleet")
 app.command("demo")(demo_cmd.demo)
 
 

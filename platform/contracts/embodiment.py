@@ -76,7 +76,7 @@ class EmbodimentSpec(_Strict):
     version: int = Field(default=1, ge=1)
     cameras: list[CameraSpec] = Field(min_length=1)
     fps: float = Field(gt=0, le=1000)
-    state_names: list[str] = Field(min_length=1)
+    state_names: list[str] = Field(default_factory=list)  # empty for camera-only sources (human video)
     action_names: list[str] = Field(default_factory=list)
     action_representation: ActionRepresentation = ActionRepresentation.absolute
     norm_stats: NormStats | None = None

@@ -47,6 +47,6 @@ def embodiment_for(store: ObjectStore, manifest: EpisodeManifest) -> EmbodimentS
         version=manifest.embodiment.version,
         cameras=manifest.cameras,
         fps=manifest.fps,
-        state_names=manifest.state_names or ["none"],
+        state_names=manifest.state_names,
         action_names=manifest.action_names,
     )

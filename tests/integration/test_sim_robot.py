@@ -9,8 +9,8 @@ import pytest
 
 from wamfleet.fleet_agent.episode_io import EpisodeReader
 from wamfleet.fleet_agent.sim.expert import record_expert_episode
-from wamfleet.fleet_agent.sim.fleet import SimRobotPlan, run_sim_fleet
-from wamfleet.fleet_agent.sim.metaworld_robot import STATE_NAMES, MetaWorldRobot, layout_seed
+from wamfleet.fleet_agent.sim.fleet import FleetMode, SimRobotPlan, layout_seed, plan_fleet, run_sim_fleet
+from wamfleet.fleet_agent.sim.metaworld_robot import STATE_NAMES, MetaWorldRobot
 
 
 def test_expert_episode_succeeds_and_round_trips(tmp_path: Path) -> None:
@@ -53,19 +53,37 @@ def test_unknown_task_and_camera_are_refused() -> None:
         MetaWorldRobot("reach-v3", cameras=("belly",))
 
 
-def test_fleet_runs_one_process_per_robot(tmp_path: Path) -> None:
+def test_fleet_runs_one_process_per_robot_into_its_own_spool(tmp_path: Path) -> None:
     plans = [
-        SimRobotPlan(robot_id="sim-1", tasks=("reach-v3",), episodes=2, seed=0, image_size=32, max_steps=60),
-        SimRobotPlan(robot_id="sim-2", tasks=("push-v3",), episodes=1, seed=0, image_size=32, max_steps=60),
+        SimRobotPlan(
+            robot_id="sim-1", episodes=(("reach-v3", 1), ("reach-v3", 2)), image_size=32, max_steps=60
+        ),
+        SimRobotPlan(robot_id="sim-2", episodes=(("push-v3", 1),), image_size=32, max_steps=60),
     ]
-    episodes = list(run_sim_fleet(plans, tmp_path, timeout_s=300))
-    assert sorted(e.robot_id for e in episodes) == ["sim-1", "sim-1", "sim-2"]
-    assert len({e.manifest.episode_id for e in episodes}) == 3
-    for e in episodes:
+    events = list(run_sim_fleet(plans, tmp_path, timeout_s=300))
+    assert sorted(e.robot_id for e in events) == ["sim-1", "sim-1", "sim-2"]
+    assert {e.kind for e in events} == {"recorded"}
+    assert len({e.manifest.episode_id for e in events}) == 3
+    for e in events:
+        assert e.directory.parent == tmp_path / e.robot_id / "ready"
         assert (e.directory / "manifest.json").exists()
 
 
 def test_fleet_surfaces_a_robot_failure(tmp_path: Path) -> None:
-    plans = [SimRobotPlan(robot_id="sim-1", tasks=("fly-v3",), episodes=1, seed=0)]
+    plans = [SimRobotPlan(robot_id="sim-1", episodes=(("fly-v3", 0),))]
     with pytest.raises(RuntimeError, match="robot sim-1 failed: ValueError: task: unknown"):
         list(run_sim_fleet(plans, tmp_path, timeout_s=300))
+
+
+def test_diverse_and_repetitive_plans_have_equal_volume() -> None:
+    tasks = ("reach-v3", "push-v3", "door-open-v3", "drawer-open-v3")
+    robots = ["sim-1", "sim-2", "sim-3"]
+    diverse = plan_fleet(robots, 8, tasks, FleetMode.diverse, seed=0)
+    repetitive = plan_fleet(robots, 8, tasks, FleetMode.repetitive, seed=0)
+    assert sum(map(len, diverse.values())) == sum(map(len, repetitive.values())) == 24
+    diverse_eps = [e for plan in diverse.values() for e in plan]
+    repetitive_eps = [e for plan in repetitive.values() for e in plan]
+    assert {t for t, _ in diverse_eps} == set(tasks)
+    assert len(set(diverse_eps)) == 24  # every episode a new (task, layout)
+    assert {t for t, _ in repetitive_eps} == {"reach-v3"}
+    assert len(set(repetitive_eps)) == 2  # two layouts, repeated

@@ -1,0 +1,119 @@
+"""`wamfleet agent`: the robot-side uploader. Needs only the base install (no torch, no server libs)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from wamfleet.fleet_agent.client import AgentError, AuthError, PlatformClient
+from wamfleet.fleet_agent.config import AgentSettings
+from wamfleet.fleet_agent.spool import Spool
+from wamfleet.fleet_agent.uploader import Uploader
+from wamfleet.platform.cli.common import fail
+from wamfleet.platform.contracts.errors import describe_validation_error
+
+app = typer.Typer(help="The robot agent: spool and upload episodes.", no_args_is_help=True)
+console = Console()
+log = logging.getLogger(__name__)
+
+ApiUrl = Annotated[str | None, typer.Option(help="Platform API base URL (WAMFLEET_AGENT_API_URL).")]
+SpoolDir = Annotated[Path | None, typer.Option(help="Spool directory (WAMFLEET_AGENT_SPOOL_DIR).")]
+
+
+def agent_settings(**overrides: Any) -> AgentSettings:
+    try:
+        return AgentSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        fail(f"invalid agent settings (WAMFLEET_AGENT_*): {describe_validation_error(exc)}")
+
+
+@app.command("run")
+def run(
+    once: Annotated[bool, typer.Option(help="Upload what is ready, then exit.")] = False,
+    api_url: ApiUrl = None,
+    spool_dir: SpoolDir = None,
+    bandwidth_limit: Annotated[int | None, typer.Option(help="Upload cap in bytes/s (0: none).")] = None,
+    retention_s: Annotated[float | None, typer.Option(help="Keep uploaded episodes this long.")] = None,
+) -> None:
+    """Upload ready episodes from the spool; keeps running until interrupted unless --once."""
+    settings = agent_settings(
+        api_url=api_url, spool_dir=spool_dir, bandwidth_limit=bandwidth_limit, retention_s=retention_s
+    )
+    try:
+        uploader = Uploader.from_settings(settings)
+    except ValueError as exc:
+        fail(str(exc))
+    recovered, discarded = uploader.spool.recover_recordings()
+    if recovered or discarded:
+        console.print(f"spool: {recovered} finished recordings queued, {discarded} unfinished discarded")
+    console.print(f"agent ready: spool {settings.spool_dir}, platform {settings.api_url}", highlight=False)
+    try:
+        if once:
+            report = uploader.run_once()
+            console.print(
+                f"committed {len(report.committed)}, rejected {len(report.rejected)}, "
+                f"deferred {len(report.deferred)}; "
+                f"sent {report.files_sent} files ({report.bytes_sent} bytes), "
+                f"skipped {report.files_skipped} already received"
+            )
+            if report.rejected or report.deferred:
+                raise typer.Exit(1)
+            return
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        uploader.run(stop, settings.poll_s)
+    except AuthError as exc:
+        fail(f"token: the platform refused this robot's token ({exc})")
+    finally:
+        uploader.client.close()
+
+
+@app.command("status")
+def status(spool_dir: SpoolDir = None) -> None:
+    """Count the spool's episodes per state."""
+    settings = agent_settings(spool_dir=spool_dir)
+    for state, count in Spool(settings.spool_dir).counts().items():
+        console.print(f"{state:10} {count}")
+
+
+@app.command("import-video")
+def import_video_cmd(
+    file: Annotated[Path, typer.Argument(help="A video file (anything FFmpeg reads).")],
+    task: Annotated[str, typer.Option(help="What the video shows being done, as an instruction.")],
+    embodiment: Annotated[str, typer.Option(help="Registered embodiment to file it under.")] = "human",
+    upload: Annotated[bool, typer.Option(help="Upload right away (else leave it in the spool).")] = True,
+    api_url: ApiUrl = None,
+    spool_dir: SpoolDir = None,
+) -> None:
+    """Turn a plain video into a video-only episode and upload it."""
+    from wamfleet.fleet_agent.video_import import import_video
+
+    settings = agent_settings(api_url=api_url, spool_dir=spool_dir)
+    if settings.token is None or settings.robot_id is None:
+        fail("robot_id/token: set WAMFLEET_AGENT_ROBOT_ID and WAMFLEET_AGENT_TOKEN")
+    client = PlatformClient(settings.api_url, settings.token.get_secret_value(), settings.timeout_s)
+    try:
+        spec = client.embodiment(embodiment)
+        spool = Spool(settings.spool_dir)
+        manifest = import_video(file, spool, robot_id=settings.robot_id, embodiment=spec, task=task)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    except AgentError as exc:
+        fail(f"embodiment: cannot fetch {embodiment!r} from the platform ({exc})")
+    finally:
+        client.close()
+    console.print(f"episode {manifest.episode_id}: {manifest.num_frames} frames at {manifest.fps:g} fps")
+    if upload:
+        uploader = Uploader.from_settings(settings)
+        report = uploader.run_once()
+        if str(manifest.episode_id) not in report.committed:
+            fail(f"upload did not complete (rejected {report.rejected}, deferred {report.deferred})", code=1)
+        console.print("uploaded and committed")
