@@ -42,12 +42,23 @@ class Journal:
         journal = cls(path)
         if not path.exists():
             return journal
-        for line in path.read_text().splitlines():
+        raw = path.read_bytes()
+        good = 0  # bytes of complete, parseable lines
+        for line in raw.splitlines(keepends=True):
             try:
                 event = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a torn last line from a crash mid-write; everything before it holds
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                break
+            if not line.endswith(b"\n"):
+                break
             journal._apply(event)
+            good += len(line)
+        if good < len(raw):
+            # A torn last line from a crash mid-write: cut it, or the next append would fuse with it.
+            with open(path, "r+b") as f:
+                f.truncate(good)
+                f.flush()
+                os.fsync(f.fileno())
         return journal
 
     def _apply(self, event: dict[str, Any]) -> None:

@@ -206,23 +206,21 @@ class IngestService:
             raise Gone(f"upload session {session_id} has expired; open a new one")
 
         final = manifest.prefix
-        for entry in manifest.files:
-            staged = staging_key(session_id, entry.path)
+        for entry in manifest.files:  # everything must be staged before anything is copied
             try:
-                size = self.store.stat(staged).size
+                size = self.store.stat(staging_key(session_id, entry.path)).size
             except ObjectNotFound:
-                # A previous attempt may have moved it already; the final copy is checked below.
-                if not self.store.exists(final + entry.path):
-                    raise Invalid(f"{entry.path}: not uploaded") from None
-                continue
+                raise Invalid(f"{entry.path}: not uploaded") from None
             if size != entry.size:
                 raise Invalid(f"{entry.path}: uploaded {size} bytes, manifest declares {entry.size}")
-            self.store.copy(staged, final + entry.path)
+        for entry in manifest.files:
+            self.store.copy(staging_key(session_id, entry.path), final + entry.path)
             self._step(f"copied:{entry.path}")
         for entry in manifest.files:
             digest = self.store.sha256(final + entry.path)
             if digest != entry.sha256:
-                self.store.delete(final + entry.path)
+                for other in manifest.files:  # no manifest points here yet: leave nothing behind
+                    self.store.delete(final + other.path)
                 raise Invalid(f"{entry.path}: sha256 {digest} does not match the manifest; upload it again")
         self._step("verified")
         self.store.put_bytes(final + MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())

@@ -1,0 +1,215 @@
+"""Upload sessions and commits through the real API, on the local store and on S3 (moto)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ADMIN, WriteEpisode
+from tests.integration.api_support import Api, running_api, settings_for
+from wamfleet.platform.contracts import EmbodimentSpec
+
+
+@pytest.fixture(params=["local", "s3"])
+def api(request: pytest.FixtureRequest, tmp_path: Path, embodiment: EmbodimentSpec) -> Iterator[Api]:
+    overrides: dict[str, object] = {}
+    if request.param == "s3":
+        host, port = request.getfixturevalue("moto_endpoint").split(":")
+        overrides = {
+            "storage_backend": "s3",
+            "s3_endpoint": f"{host}:{port}",
+            "s3_access_key": "a",
+            "s3_secret_key": "b",
+            "s3_region": "us-east-1",
+            "s3_bucket": f"api-{tmp_path.name[-20:].lower().replace('_', '-')}",
+        }
+    with running_api(
+        settings_for(tmp_path, f"sqlite:///{tmp_path / 'catalog.db'}", **overrides), embodiment
+    ) as api:
+        yield api
+
+
+def test_upload_commit_search_download(api: Api, write_episode: WriteEpisode) -> None:
+    robot = api.register_robot("robot-1")
+    directory, manifest = write_episode(frames=12, robot_id="robot-1", tags={"shift": "night"})
+    ticket = api.upload(robot, directory, manifest)
+    assert ticket["status"] == "open"
+    assert [f["path"] for f in ticket["files"]] == ["data.parquet", "videos/front.mp4", "videos/wrist.mp4"]
+
+    # Nothing is visible before the commit.
+    assert api.client.get("/v1/episodes", headers=ADMIN).json()["items"] == []
+    committed = api.commit(robot, ticket["session_id"])
+    assert committed.status_code == 200, committed.text
+    assert committed.json()["episode_id"] == str(manifest.episode_id)
+
+    page = api.client.get(
+        "/v1/episodes", params={"tag": "shift=night", "task": "blocks"}, headers=robot
+    ).json()
+    assert [e["episode_id"] for e in page["items"]] == [str(manifest.episode_id)]
+    assert page["items"][0]["outcome"]["success"] is True
+
+    links = api.client.get(f"/v1/episodes/{manifest.episode_id}/download", headers=robot).json()
+    for link in links["files"]:
+        body = (
+            api.client.get(link["url"]).content
+            if link["url"].startswith("/")
+            else httpx.get(link["url"]).content
+        )
+        assert hashlib.sha256(body).hexdigest() == link["sha256"]
+        assert body == (directory / link["path"]).read_bytes()
+    # Staging is emptied once the episode is committed.
+    assert list(api.state.store.list("uploads/")) == []
+
+
+def test_commit_is_idempotent_and_reopen_reports_committed(api: Api, write_episode: WriteEpisode) -> None:
+    robot = api.register_robot("robot-1")
+    directory, manifest = write_episode(frames=4, robot_id="robot-1")
+    ticket = api.upload(robot, directory, manifest)
+    first = api.commit(robot, ticket["session_id"])
+    second = api.commit(robot, ticket["session_id"])
+    assert first.status_code == second.status_code == 200
+    assert first.json() == second.json()
+    reopened = api.open(robot, manifest)
+    assert reopened.status_code == 200
+    assert reopened.json()["status"] == "committed"
+    assert all(f["received"] for f in reopened.json()["files"])
+    assert len(api.client.get("/v1/episodes", headers=ADMIN).json()["items"]) == 1
+
+
+def test_resumed_session_reports_received_files(api: Api, write_episode: WriteEpisode) -> None:
+    robot = api.register_robot("robot-1")
+    directory, manifest = write_episode(frames=4, robot_id="robot-1")
+    ticket = api.open(robot, manifest).json()
+    first = ticket["files"][0]
+    assert api.put(first["url"], (directory / first["path"]).read_bytes()).status_code == 200
+    resumed = api.open(robot, manifest).json()
+    assert resumed["session_id"] == ticket["session_id"]
+    assert [f["received"] for f in resumed["files"]] == [True, False, False]
+
+
+def test_commit_names_missing_and_wrong_files(api: Api, write_episode: WriteEpisode) -> None:
+    robot = api.register_robot("robot-1")
+    directory, manifest = write_episode(frames=4, robot_id="robot-1")
+    ticket = api.open(robot, manifest).json()
+    urls = {f["path"]: f["url"] for f in ticket["files"]}
+    missing = api.commit(robot, ticket["session_id"])
+    assert missing.status_code == 422
+    assert missing.json()["detail"] == "data.parquet: not uploaded"
+
+    api.put(urls["data.parquet"], (directory / "data.parquet").read_bytes())
+    api.put(urls["videos/front.mp4"], (directory / "videos/front.mp4").read_bytes()[:-10])
+    short = api.commit(robot, ticket["session_id"])
+    assert short.status_code == 422
+    assert short.json()["detail"].startswith("videos/front.mp4: uploaded")
+
+    tampered = bytearray((directory / "videos/front.mp4").read_bytes())
+    tampered[100] ^= 0xFF
+    api.put(urls["videos/front.mp4"], bytes(tampered))
+    api.put(urls["videos/wrist.mp4"], (directory / "videos/wrist.mp4").read_bytes())
+    bad_hash = api.commit(robot, ticket["session_id"])
+    assert bad_hash.status_code == 422
+    assert "videos/front.mp4: sha256" in bad_hash.json()["detail"]
+    assert api.client.get("/v1/episodes", headers=ADMIN).json()["items"] == []
+    assert not any(i.key.startswith("episodes/") for i in api.state.store.list(""))  # nothing partial kept
+
+    api.put(urls["videos/front.mp4"], (directory / "videos/front.mp4").read_bytes())
+    assert api.commit(robot, ticket["session_id"]).status_code == 200
+
+
+def test_late_writes_to_staging_cannot_change_an_accepted_episode(
+    api: Api, write_episode: WriteEpisode
+) -> None:
+    robot = api.register_robot("robot-1")
+    directory, manifest = write_episode(frames=4, robot_id="robot-1")
+    ticket = api.upload(robot, directory, manifest)
+    assert api.commit(robot, ticket["session_id"]).status_code == 200
+    for target in ticket["files"]:  # the old URLs have not expired yet
+        assert api.put(target["url"], b"overwrite").status_code in (200, 409)
+    store = api.state.store
+    for entry in manifest.files:
+        assert store.sha256(manifest.prefix + entry.path) == entry.sha256
+
+
+@pytest.mark.parametrize("crash_at", ["copied:videos/front.mp4", "verified", "manifest-written", "recorded"])
+def test_commit_crashing_at_any_step_completes_exactly_once_on_retry(
+    api: Api, write_episode: WriteEpisode, crash_at: str
+) -> None:
+    robot = api.register_robot("robot-1")
+    directory, manifest = write_episode(frames=4, robot_id="robot-1")
+    ticket = api.upload(robot, directory, manifest)
+
+    def crash(step: str) -> None:
+        if step == crash_at:
+            raise RuntimeError(f"platform died at {step}")
+
+    api.state.ingest.step_hook = crash
+    with pytest.raises(RuntimeError, match="platform died"):
+        api.commit(robot, ticket["session_id"])
+    api.state.ingest.step_hook = None
+    retried = api.commit(robot, ticket["session_id"])
+    assert retried.status_code == 200, retried.text
+    items = api.client.get("/v1/episodes", headers=ADMIN).json()["items"]
+    assert [i["episode_id"] for i in items] == [str(manifest.episode_id)]
+    for entry in manifest.files:
+        assert api.state.store.sha256(manifest.prefix + entry.path) == entry.sha256
+
+
+def test_concurrent_commits_record_the_episode_once(api: Api, write_episode: WriteEpisode) -> None:
+    robot = api.register_robot("robot-1")
+    directory, manifest = write_episode(frames=4, robot_id="robot-1")
+    ticket = api.upload(robot, directory, manifest)
+    codes: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: codes.append(api.commit(robot, ticket["session_id"]).status_code))
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [200] * 4
+    assert len(api.client.get("/v1/episodes", headers=ADMIN).json()["items"]) == 1
+
+
+def test_episode_paging_with_cursor(api: Api, write_episode: WriteEpisode) -> None:
+    robot = api.register_robot("robot-1")
+    ids = []
+    for _ in range(5):
+        directory, manifest = write_episode(frames=2, robot_id="robot-1")
+        ticket = api.upload(robot, directory, manifest)
+        assert api.commit(robot, ticket["session_id"]).status_code == 200
+        ids.append(str(manifest.episode_id))
+    seen: list[str] = []
+    cursor = None
+    for _ in range(5):
+        params: dict[str, str | int] = {"limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        page = api.client.get("/v1/episodes", params=params, headers=ADMIN).json()
+        seen += [i["episode_id"] for i in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == sorted(ids)
+
+
+def test_expired_session_is_gone_and_its_staging_is_removed(api: Api, write_episode: WriteEpisode) -> None:
+    from datetime import timedelta
+
+    robot = api.register_robot("robot-1")
+    directory, manifest = write_episode(frames=2, robot_id="robot-1")
+    api.state.ingest.session_ttl = timedelta(seconds=-1)
+    ticket = api.upload(robot, directory, manifest) if api.settings.storage_backend == "s3" else None
+    if ticket is None:  # the local store refuses uploads into an expired session outright
+        ticket = api.open(robot, manifest).json()
+        assert api.put(ticket["files"][0]["url"], b"x").status_code == 409
+    gone = api.commit(robot, ticket["session_id"])
+    assert gone.status_code == 410
+    assert "expired" in gone.json()["detail"]
+    assert api.state.ingest.expire_stale_sessions() >= 1
+    assert list(api.state.store.list(f"uploads/{ticket['session_id']}/")) == []

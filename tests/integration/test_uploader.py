@@ -1,0 +1,218 @@
+"""The robot agent against a live platform API on 127.0.0.1."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import ADMIN, ADMIN_TOKEN, frame_images
+from tests.integration.api_support import settings_for
+from wamfleet.fleet_agent.client import AuthError, PlatformClient, TokenBucket, TransientError
+from wamfleet.fleet_agent.spool import Spool
+from wamfleet.fleet_agent.uploader import Uploader
+from wamfleet.platform.api.app import create_app
+from wamfleet.platform.api.server import serve_in_thread
+from wamfleet.platform.contracts import EmbodimentSpec
+
+
+@pytest.fixture
+def live(tmp_path: Path, embodiment: EmbodimentSpec) -> Iterator[tuple[str, str]]:
+    """A platform API on a loopback port; yields (url, token of robot-1)."""
+    app = create_app(settings_for(tmp_path, f"sqlite:///{tmp_path / 'catalog.db'}"))
+    with serve_in_thread(app) as url:
+        httpx.post(
+            f"{url}/v1/embodiments", json=embodiment.model_dump(mode="json"), headers=ADMIN
+        ).raise_for_status()
+        response = httpx.post(
+            f"{url}/v1/robots", json={"robot_id": "robot-1", "embodiment": "test-arm"}, headers=ADMIN
+        )
+        yield url, response.json()["token"]
+
+
+def fill(spool: Spool, spec: EmbodimentSpec, episodes: int, frames: int = 6) -> list[str]:
+    ids = []
+    for _ in range(episodes):
+        writer = spool.start_recording(robot_id="robot-1", embodiment=spec, task="stack the blocks")
+        for i in range(frames):
+            writer.add_frame(frame_images(spec, i), np.zeros(3), np.zeros(2))
+        ids.append(str(spool.finish(writer).episode_id))
+    return ids
+
+
+def committed(url: str) -> list[str]:
+    return [e["episode_id"] for e in httpx.get(f"{url}/v1/episodes", headers=ADMIN).json()["items"]]
+
+
+def test_uploads_everything_ready_and_clears_the_spool(
+    tmp_path: Path, live: tuple[str, str], embodiment: EmbodimentSpec
+) -> None:
+    url, token = live
+    spool = Spool(tmp_path / "spool")
+    ids = fill(spool, embodiment, 3)
+    uploader = Uploader(spool, PlatformClient(url, token))
+    report = uploader.run_once()
+    assert sorted(report.committed) == sorted(ids)
+    assert report.files_sent == 9
+    assert sorted(committed(url)) == sorted(ids)
+    assert spool.counts() == {"recording": 0, "ready": 0, "uploaded": 0, "rejected": 0}  # retention 0
+
+
+def test_resume_skips_files_already_received(
+    tmp_path: Path, live: tuple[str, str], embodiment: EmbodimentSpec
+) -> None:
+    url, token = live
+    spool = Spool(tmp_path / "spool")
+    (episode,) = fill(spool, embodiment, 1)
+    client = PlatformClient(url, token)
+    # A previous run sent one file, then died before journaling it.
+    from wamfleet.fleet_agent.episode_io import load_manifest
+
+    directory = spool.dir("ready", episode)
+    ticket = client.open_upload(load_manifest(directory))
+    client.put_file(ticket.files[0].url, directory / ticket.files[0].path, ticket.files[0].size)
+    report = Uploader(spool, client, retention_s=3600).run_once()
+    assert report.committed == [episode]
+    assert (report.files_sent, report.files_skipped) == (2, 1)
+    assert spool.counts()["uploaded"] == 1  # kept for the retention period
+
+
+def test_refused_episode_is_set_aside_with_the_reason(
+    tmp_path: Path, live: tuple[str, str], embodiment: EmbodimentSpec
+) -> None:
+    url, token = live
+    spool = Spool(tmp_path / "spool")
+    other = embodiment.model_copy(update={"name": "unregistered-arm"})
+    (episode,) = fill(spool, other, 1)
+    report = Uploader(spool, PlatformClient(url, token)).run_once()
+    assert report.rejected == [episode]
+    reason = (spool.dir("rejected", episode) / "rejected.txt").read_text()
+    assert "unregistered-arm v1 is not registered" in reason
+    assert (spool.dir("rejected", episode) / "data.parquet").exists()
+
+
+def test_unreachable_platform_defers_without_losing_anything(
+    tmp_path: Path, embodiment: EmbodimentSpec
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    ids = fill(spool, embodiment, 2)
+    sleeps: list[float] = []
+    uploader = Uploader(
+        spool, PlatformClient("http://127.0.0.1:9", "token", timeout_s=1), max_attempts=4, sleep=sleeps.append
+    )
+    report = uploader.run_once()
+    assert sorted(report.deferred) == sorted(ids)
+    assert [p.name for p in spool.ready()] == sorted(ids)
+    assert len(sleeps) == 6  # 3 backoffs per episode, then it waits for the next pass
+
+
+def test_bad_token_stops_the_agent(tmp_path: Path, live: tuple[str, str], embodiment: EmbodimentSpec) -> None:
+    url, _ = live
+    spool = Spool(tmp_path / "spool")
+    fill(spool, embodiment, 1)
+    with pytest.raises(AuthError):
+        Uploader(spool, PlatformClient(url, "wfr_wrong")).run_once()
+    assert len(list(spool.ready())) == 1
+
+
+def test_backoff_is_full_jitter_and_capped() -> None:
+    client = PlatformClient("http://127.0.0.1:9", "unused")
+    uploader = Uploader(
+        Spool.__new__(Spool), client, backoff_base_s=0.5, backoff_max_s=4.0, rng=random.Random(1)
+    )
+    for attempt in range(10):
+        bound = min(4.0, 0.5 * 2**attempt)
+        samples = [uploader.backoff(attempt) for _ in range(200)]
+        assert all(0 <= s <= bound for s in samples)
+        assert max(samples) > bound * 0.8  # spread over the whole window, not a fixed delay
+
+
+def test_transient_errors_are_retried_then_succeed(tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    def flaky() -> str:
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise TransientError("HTTP 503")
+        return "ok"
+
+    uploader = Uploader(Spool(tmp_path), PlatformClient("http://127.0.0.1:9", "unused"), sleep=lambda _: None)
+    assert uploader._retry("open", flaky) == "ok"
+    assert calls["n"] == 3
+
+
+def test_bandwidth_cap_limits_average_rate(
+    tmp_path: Path, live: tuple[str, str], embodiment: EmbodimentSpec
+) -> None:
+    url, token = live
+    spool = Spool(tmp_path / "spool")
+    fill(spool, embodiment, 1, frames=30)
+    size = sum(p.stat().st_size for p in next(spool.ready()).rglob("*") if p.is_file() and p.name[0] != ".")
+    rate = 40_000
+    started = time.monotonic()
+    report = Uploader(spool, PlatformClient(url, token), bandwidth_limit=rate).run_once()
+    elapsed = time.monotonic() - started
+    assert len(report.committed) == 1
+    bucket = TokenBucket(rate)
+    assert elapsed >= (report.bytes_sent - bucket.burst) / rate  # cannot beat the cap
+    assert report.bytes_sent <= size
+
+
+def test_agent_cli_run_once_and_import_video(
+    tmp_path: Path, live: tuple[str, str], embodiment: EmbodimentSpec
+) -> None:
+    import av
+    from typer.testing import CliRunner
+
+    from wamfleet.fleet_agent.video_import import human_video_embodiment
+    from wamfleet.platform.cli.main import app
+
+    url, token = live
+    spec = human_video_embodiment(size=64, fps=15)
+    httpx.post(f"{url}/v1/embodiments", json=spec.model_dump(mode="json"), headers=ADMIN).raise_for_status()
+    spool = Spool(tmp_path / "spool")
+    fill(spool, embodiment, 2)
+    env = {
+        "WAMFLEET_AGENT_API_URL": url,
+        "WAMFLEET_AGENT_ROBOT_ID": "robot-1",
+        "WAMFLEET_AGENT_TOKEN": token,
+        "WAMFLEET_AGENT_SPOOL_DIR": str(tmp_path / "spool"),
+        "COLUMNS": "200",
+    }
+    runner = CliRunner()
+    result = runner.invoke(app, ["agent", "run", "--once"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "committed 2, rejected 0, deferred 0" in result.output
+
+    # A 2-second 320x240 clip at 30 fps becomes a 15 fps, 64x64 video-only episode.
+    clip = tmp_path / "demo.mp4"
+    with av.open(str(clip), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for i in range(60):
+            image = np.full((240, 320, 3), (i * 4) % 256, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+    result = runner.invoke(app, ["agent", "import-video", str(clip), "--task", "fold the towel"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "uploaded and committed" in result.output
+    items = httpx.get(f"{url}/v1/episodes", params={"has_actions": "false"}, headers=ADMIN).json()["items"]
+    assert len(items) == 1
+    assert items[0]["source"] == "human_video"
+    assert items[0]["embodiment"] == {"name": "human", "version": 1}
+    assert 29 <= items[0]["num_frames"] <= 31
+    assert items[0]["task"] == "fold the towel"
+
+    missing = runner.invoke(
+        app, ["agent", "import-video", str(tmp_path / "none.mp4"), "--task", "x"], env=env
+    )
+    assert missing.exit_code == 2
+    assert "no such video file" in missing.output
+    status = runner.invoke(app, ["agent", "status"], env=env)
+    assert "ready      0" in status.output
+    _ = ADMIN_TOKEN
