@@ -56,11 +56,13 @@ def simulate_fleet(
 ) -> FleetRun:
     """Registers the robots, runs them (one process each) and waits until every episode is committed."""
     from wamfleet.fleet_agent.sim.metaworld_robot import sawyer_embodiment
+    from wamfleet.fleet_agent.video_import import human_video_embodiment
 
     spec = sawyer_embodiment(image_size)
     admin = AdminClient(api_url, admin_token)
     try:
         admin.register_embodiment(spec)
+        admin.register_embodiment(human_video_embodiment())  # for `agent import-video`
         robot_ids = [f"sim-{k + 1}" for k in range(robots)]
         tokens = {rid: admin.robot_token(rid, spec.name, site="sim") for rid in robot_ids}
     finally:

@@ -50,3 +50,14 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
         if line.strip() and not line.startswith(("#", "set ", "cd "))
     ]
     assert ci[-1] in (ROOT / "README.md").read_text()
+
+
+def test_the_cli_loads_without_server_or_model_libraries() -> None:
+    # A robot with only the base install runs `wamfleet agent ...` through the same entry point.
+    code = (
+        "import sys, wamfleet.platform.cli.main;"
+        "heavy = ('torch', 'fastapi', 'sqlalchemy', 'metaworld', 'mujoco', 'uvicorn', 'alembic');"
+        "print([m for m in heavy if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
