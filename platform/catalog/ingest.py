@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -65,6 +66,11 @@ def staging_key(session_id: str, path: str) -> str:
     return f"uploads/{session_id}/{path}"
 
 
+def scratch_key(session_id: str, attempt: str, path: str) -> str:
+    """Where one commit attempt keeps its private, verified copy of a file."""
+    return f"commits/{session_id}/{attempt}/{path}"
+
+
 @dataclass
 class IngestService:
     catalog: Catalog
@@ -106,13 +112,13 @@ class IngestService:
         if manifest.has_actions and manifest.action_names != spec.action_names:
             raise Invalid("manifest.action_names do not match the embodiment's action_names")
 
-    def _ticket(self, upload: UploadSession, status: str) -> UploadTicket:
+    def _ticket(self, upload: UploadSession, status: str, fresh: bool = False) -> UploadTicket:
         manifest = EpisodeManifest.model_validate(upload.manifest)
         targets = []
         for entry in manifest.files:
             key = staging_key(upload.session_id, entry.path)
             received = False
-            if status == "open":
+            if status == "open" and not fresh:  # a session made just now has nothing staged yet
                 with contextlib.suppress(ObjectNotFound):
                     received = self.store.stat(key).size == entry.size
             targets.append(
@@ -138,7 +144,7 @@ class IngestService:
             episode = queries.get_episode(s, manifest.episode_id)
             if episode is not None:
                 return self._committed_ticket(s, robot, episode, digest)
-            upload = queries.open_upload_session(s, manifest, self.session_ttl)
+            upload, created = queries.open_upload_session(s, manifest, self.session_ttl)
             queries.audit(
                 s,
                 f"robot:{robot.robot_id}",
@@ -146,7 +152,7 @@ class IngestService:
                 str(manifest.episode_id),
                 upload=upload.session_id,
             )
-        return self._ticket(upload, "open")
+        return self._ticket(upload, "open", fresh=created)
 
     def _committed_ticket(self, s: Session, robot: Robot, episode: Episode, digest: str) -> UploadTicket:
         if episode.robot_id != robot.robot_id:
@@ -191,40 +197,33 @@ class IngestService:
 
     # Committing -------------------------------------------------------------------------
 
+    def _committed(self, episode_id: str, manifest_sha256: str) -> Episode | None:
+        with self.catalog.session() as s:
+            episode = queries.get_episode(s, episode_id)
+        if episode is not None and episode.manifest_sha256 != manifest_sha256:
+            raise Conflict(f"episode {episode_id} is already committed with a different manifest")
+        return episode
+
     def commit(self, robot: Robot, session_id: str) -> Episode:
         upload = self._session_for(robot, session_id)
         manifest = EpisodeManifest.model_validate(upload.manifest)
-        with self.catalog.session() as s:
-            episode = queries.get_episode(s, manifest.episode_id)
+        episode = self._committed(upload.episode_id, upload.manifest_sha256)
         if episode is not None:
-            if episode.manifest_sha256 != upload.manifest_sha256:
-                raise Conflict(
-                    f"episode {manifest.episode_id} is already committed with a different manifest"
-                )
             return episode
         if upload.status == "expired" or upload.expires_at <= queries.now():
             raise Gone(f"upload session {session_id} has expired; open a new one")
-
-        final = manifest.prefix
-        for entry in manifest.files:  # everything must be staged before anything is copied
-            try:
-                size = self.store.stat(staging_key(session_id, entry.path)).size
-            except ObjectNotFound:
-                raise Invalid(f"{entry.path}: not uploaded") from None
-            if size != entry.size:
-                raise Invalid(f"{entry.path}: uploaded {size} bytes, manifest declares {entry.size}")
-        for entry in manifest.files:
-            self.store.copy(staging_key(session_id, entry.path), final + entry.path)
-            self._step(f"copied:{entry.path}")
-        for entry in manifest.files:
-            digest = self.store.sha256(final + entry.path)
-            if digest != entry.sha256:
-                for other in manifest.files:  # no manifest points here yet: leave nothing behind
-                    self.store.delete(final + other.path)
-                raise Invalid(f"{entry.path}: sha256 {digest} does not match the manifest; upload it again")
-        self._step("verified")
-        self.store.put_bytes(final + MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
-        self._step("manifest-written")
+        attempt = uuid.uuid4().hex
+        try:
+            self._publish(session_id, attempt, manifest)
+        except (Invalid, ObjectNotFound):
+            # A concurrent commit of this session may have finished and cleared the staging.
+            episode = self._committed(upload.episode_id, upload.manifest_sha256)
+            if episode is not None:
+                return episode
+            raise
+        finally:
+            for entry in manifest.files:
+                self.store.delete(scratch_key(session_id, attempt, entry.path))
         try:
             with self.catalog.session() as s:
                 episode = queries.add_episode(s, manifest)
@@ -242,8 +241,7 @@ class IngestService:
                 )
         except IntegrityError:
             # A concurrent commit of the same episode won the race; it did the same work.
-            with self.catalog.session() as s:
-                winner = queries.get_episode(s, manifest.episode_id)
+            winner = self._committed(upload.episode_id, upload.manifest_sha256)
             if winner is None:
                 raise
             return winner
@@ -252,12 +250,49 @@ class IngestService:
             self.store.delete(staging_key(session_id, entry.path))
         return episode
 
+    def _publish(self, session_id: str, attempt: str, manifest: EpisodeManifest) -> None:
+        """Staging -> this attempt's private scratch copy -> verified -> final keys -> manifest.
+
+        Final keys only ever receive bytes this attempt verified itself, so neither a robot
+        writing to staging meanwhile nor a concurrent attempt can put unverified bytes there.
+        """
+        for entry in manifest.files:  # everything must be staged before anything is copied
+            try:
+                size = self.store.stat(staging_key(session_id, entry.path)).size
+            except ObjectNotFound:
+                raise Invalid(f"{entry.path}: not uploaded") from None
+            if size != entry.size:
+                raise Invalid(f"{entry.path}: uploaded {size} bytes, manifest declares {entry.size}")
+        for entry in manifest.files:
+            try:
+                self.store.copy(
+                    staging_key(session_id, entry.path),
+                    scratch_key(session_id, attempt, entry.path),
+                    entry.size,
+                )
+            except ObjectNotFound:
+                raise Invalid(f"{entry.path}: not uploaded") from None
+            self._step(f"copied:{entry.path}")
+        for entry in manifest.files:
+            digest = self.store.sha256(scratch_key(session_id, attempt, entry.path))
+            if digest != entry.sha256:
+                raise Invalid(f"{entry.path}: sha256 {digest} does not match the manifest; upload it again")
+        self._step("verified")
+        for entry in manifest.files:
+            self.store.copy(
+                scratch_key(session_id, attempt, entry.path), manifest.prefix + entry.path, entry.size
+            )
+        self._step("published")
+        self.store.put_bytes(manifest.prefix + MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
+        self._step("manifest-written")
+
     def expire_stale_sessions(self) -> int:
         with self.catalog.session() as s:
             stale = queries.expire_upload_sessions(s)
             for upload in stale:
                 queries.audit(s, "platform", "upload.expire", upload.episode_id, upload=upload.session_id)
         for upload in stale:
-            for info in self.store.list(f"uploads/{upload.session_id}/"):
-                self.store.delete(info.key)
+            for prefix in (f"uploads/{upload.session_id}/", f"commits/{upload.session_id}/"):
+                for info in self.store.list(prefix):
+                    self.store.delete(info.key)
         return len(stale)

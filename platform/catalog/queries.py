@@ -241,8 +241,10 @@ def count_episodes(session: Session) -> int:
 # Upload sessions -------------------------------------------------------------------------
 
 
-def open_upload_session(session: Session, manifest: EpisodeManifest, ttl: timedelta) -> UploadSession:
-    """The open, unexpired session for this episode, or a new one."""
+def open_upload_session(
+    session: Session, manifest: EpisodeManifest, ttl: timedelta
+) -> tuple[UploadSession, bool]:
+    """The open, unexpired session for this episode, or a new one; True if it is new."""
     at = now()
     digest = manifest_digest(manifest)
     existing = session.scalars(
@@ -254,7 +256,7 @@ def open_upload_session(session: Session, manifest: EpisodeManifest, ttl: timede
     ).first()
     if existing is not None and existing.manifest_sha256 == digest:
         existing.expires_at = at + ttl
-        return existing
+        return existing, False
     if existing is not None:
         existing.status = "expired"  # the robot re-recorded the episode under the same id
     upload = UploadSession(
@@ -269,7 +271,7 @@ def open_upload_session(session: Session, manifest: EpisodeManifest, ttl: timede
         committed_at=None,
     )
     session.add(upload)
-    return upload
+    return upload, True
 
 
 def get_upload_session(session: Session, session_id: str) -> UploadSession | None:

@@ -94,8 +94,8 @@ class ObjectStore(ABC):
         """Every object whose key starts with `prefix`, recursively, in key order."""
 
     @abstractmethod
-    def copy(self, src: str, dst: str) -> ObjectInfo:
-        """Server-side copy; `dst` appears whole or not at all."""
+    def copy(self, src: str, dst: str, size: int | None = None) -> None:
+        """Server-side copy; `dst` appears whole or not at all. `size`: the source's, if known."""
 
     @abstractmethod
     def sha256(self, key: str) -> str:

@@ -157,7 +157,7 @@ class LocalObjectStore(ObjectStore):
     def stat(self, key: str) -> ObjectInfo:
         return self._info(key, self._path(key))
 
-    def copy(self, src: str, dst: str) -> ObjectInfo:
+    def copy(self, src: str, dst: str, size: int | None = None) -> None:
         source = self._path(src)
         target = self._path(dst)
         tmp = self._new_tmp()
@@ -166,7 +166,7 @@ class LocalObjectStore(ObjectStore):
         except (FileNotFoundError, IsADirectoryError):
             tmp.unlink(missing_ok=True)
             raise ObjectNotFound(src) from None
-        return self._commit(tmp, dst, target)
+        self._commit(tmp, dst, target)
 
     def sha256(self, key: str) -> str:
         path = self._path(key)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
 
+import certifi
 import urllib3
 from minio import Minio
-from minio.commonconfig import ComposeSource
+from minio.commonconfig import ComposeSource, CopySource
 from minio.error import MinioException, S3Error
 
 from wamfleet.platform.storage.base import (
@@ -27,6 +29,8 @@ from wamfleet.platform.storage.base import (
 log = logging.getLogger(__name__)
 
 MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_SINGLE_COPY = 5 * 1024**3  # larger sources need a multipart copy (compose)
+POOL_SIZE = 64
 _MISSING = {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}
 
 
@@ -50,6 +54,15 @@ class S3ObjectStore(ObjectStore):
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
         self.bucket = bucket
         self.part_size = part_size
+        if http_client is None:
+            # minio's own default, with a pool that fits the API server's concurrent handlers.
+            http_client = urllib3.PoolManager(
+                timeout=urllib3.Timeout(connect=30, read=300),
+                maxsize=POOL_SIZE,
+                cert_reqs="CERT_REQUIRED",
+                ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+                retries=urllib3.Retry(total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+            )
         self.client = Minio(
             endpoint,
             access_key=access_key,
@@ -123,15 +136,19 @@ class S3ObjectStore(ObjectStore):
             raise self._wrap(key, exc) from exc
         return ObjectInfo(key=key, size=stat.size or 0, last_modified=stat.last_modified)
 
-    def copy(self, src: str, dst: str) -> ObjectInfo:
-        # compose_object copies server-side, in parts when the source is over 5 GiB.
+    def copy(self, src: str, dst: str, size: int | None = None) -> None:
+        """One CopyObject request; sources over 5 GiB go through a multipart compose."""
         validate_key(src)
         validate_key(dst)
         try:
-            self.client.compose_object(self.bucket, dst, [ComposeSource(self.bucket, src)])
+            if size is None:
+                size = self.stat(src).size
+            if size > MAX_SINGLE_COPY:
+                self.client.compose_object(self.bucket, dst, [ComposeSource(self.bucket, src)])
+            else:
+                self.client.copy_object(self.bucket, dst, CopySource(self.bucket, src))
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._wrap(src, exc) from exc
-        return self.stat(dst)
 
     def sha256(self, key: str) -> str:
         validate_key(key)

@@ -115,7 +115,8 @@ def test_commit_names_missing_and_wrong_files(api: Api, write_episode: WriteEpis
     assert bad_hash.status_code == 422
     assert "videos/front.mp4: sha256" in bad_hash.json()["detail"]
     assert api.client.get("/v1/episodes", headers=ADMIN).json()["items"] == []
-    assert not any(i.key.startswith("episodes/") for i in api.state.store.list(""))  # nothing partial kept
+    # Nothing partial is kept: no final keys, no scratch copies.
+    assert [i.key for i in api.state.store.list("") if not i.key.startswith("uploads/")] == []
 
     api.put(urls["videos/front.mp4"], (directory / "videos/front.mp4").read_bytes())
     assert api.commit(robot, ticket["session_id"]).status_code == 200
@@ -135,7 +136,9 @@ def test_late_writes_to_staging_cannot_change_an_accepted_episode(
         assert store.sha256(manifest.prefix + entry.path) == entry.sha256
 
 
-@pytest.mark.parametrize("crash_at", ["copied:videos/front.mp4", "verified", "manifest-written", "recorded"])
+@pytest.mark.parametrize(
+    "crash_at", ["copied:videos/front.mp4", "verified", "published", "manifest-written", "recorded"]
+)
 def test_commit_crashing_at_any_step_completes_exactly_once_on_retry(
     api: Api, write_episode: WriteEpisode, crash_at: str
 ) -> None:
@@ -213,3 +216,27 @@ def test_expired_session_is_gone_and_its_staging_is_removed(api: Api, write_epis
     assert "expired" in gone.json()["detail"]
     assert api.state.ingest.expire_stale_sessions() >= 1
     assert list(api.state.store.list(f"uploads/{ticket['session_id']}/")) == []
+
+
+def test_staging_rewritten_during_a_commit_never_reaches_final_keys(
+    api: Api, write_episode: WriteEpisode
+) -> None:
+    robot = api.register_robot("robot-1")
+    directory, manifest = write_episode(frames=4, robot_id="robot-1")
+    ticket = api.upload(robot, directory, manifest)
+    rival: dict[str, int] = {}
+
+    def meddle(step: str) -> None:
+        if step == "verified" and not rival:
+            # While this commit is between its check and its publish, the robot rewrites a
+            # staged file and a second commit of the same session runs to its end.
+            api.put(ticket["files"][1]["url"], b"tampered" * 100)
+            rival["status"] = api.commit(robot, ticket["session_id"]).status_code
+
+    api.state.ingest.step_hook = meddle
+    assert api.commit(robot, ticket["session_id"]).status_code == 200
+    api.state.ingest.step_hook = None
+    assert rival["status"] == 422  # the rival verified its own copy and refused it
+    for entry in manifest.files:
+        assert api.state.store.sha256(manifest.prefix + entry.path) == entry.sha256
+    assert [i.key for i in api.state.store.list("commits/")] == []

@@ -124,12 +124,14 @@ def test_search_filters_and_pages(catalog: Catalog, write_episode: WriteEpisode)
 def test_upload_sessions_resume_and_expire(catalog: Catalog, write_episode: WriteEpisode) -> None:
     _, manifest = write_episode(frames=2)
     with catalog.session() as s:
-        first = queries.open_upload_session(s, manifest, timedelta(hours=1))
+        first, created = queries.open_upload_session(s, manifest, timedelta(hours=1))
+    assert created
     with catalog.session() as s:
-        again = queries.open_upload_session(s, manifest, timedelta(hours=1))
+        again, created = queries.open_upload_session(s, manifest, timedelta(hours=1))
+    assert not created
     assert again.session_id == first.session_id  # same episode, same manifest: resumed
     with catalog.session() as s:
-        stale = queries.open_upload_session(
+        stale, _ = queries.open_upload_session(
             s, manifest.model_copy(update={"task": "other"}), timedelta(seconds=-1)
         )
     assert stale.session_id != first.session_id  # a different manifest gets a new session
