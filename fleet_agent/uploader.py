@@ -30,7 +30,7 @@ from wamfleet.fleet_agent.spool import Spool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-MAX_URL_REFRESHES = 3
+MAX_CYCLES = 3  # upload rounds per episode (fresh URLs, re-sending refused files)
 
 
 @dataclass
@@ -105,7 +105,11 @@ class Uploader:
     def upload_episode(self, directory: Path, report: UploadReport) -> None:
         manifest = load_manifest(directory)
         journal = self.spool.journal(directory)
-        for _ in range(MAX_URL_REFRESHES):
+        if journal.committed:  # acknowledged before a crash; only the move was left
+            self.spool.mark_uploaded(directory)
+            report.committed.append(directory.name)
+            return
+        for cycle in range(MAX_CYCLES):
             ticket = self._retry("open upload", lambda: self.client.open_upload(manifest))
             if ticket.status == "committed":
                 break
@@ -114,9 +118,14 @@ class Uploader:
                 journal.append(event="session", session_id=session_id)
             try:
                 for target in ticket.files:
-                    if target.received or target.path in journal.done:
+                    # The platform's word on what it holds decides; the journal records what was sent.
+                    if target.received:
                         report.files_skipped += 1
                         continue
+                    if target.path in journal.done:
+                        log.warning(
+                            "%s: sent before, but the platform does not hold it; sending again", target.path
+                        )
                     path = directory / target.path
                     self._retry(
                         f"PUT {target.path}",
@@ -128,10 +137,17 @@ class Uploader:
             except UrlExpired as exc:
                 log.info("upload URLs expired (%s); asking for fresh ones", exc)
                 continue
-            self._retry("commit", lambda sid=session_id: self.client.commit(sid))  # type: ignore[misc]
+            try:
+                self._retry("commit", lambda sid=session_id: self.client.commit(sid))  # type: ignore[misc]
+            except RejectedError as exc:
+                # 422: a file arrived damaged; the platform dropped it, so the next cycle re-sends it.
+                if exc.status != 422 or cycle == MAX_CYCLES - 1:
+                    raise
+                log.warning("commit refused (%s); sending the refused files again", exc)
+                continue
             break
         else:
-            raise GaveUp(f"upload URLs kept expiring for {directory.name}")
+            raise GaveUp(f"{directory.name}: no commit after {MAX_CYCLES} upload cycles")
         journal.append(event="committed")
         self.spool.mark_uploaded(directory)
         report.committed.append(directory.name)

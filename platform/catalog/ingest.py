@@ -25,7 +25,7 @@ from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.catalog.tables import Episode, Robot, UploadSession
 from wamfleet.platform.contracts.episode import MANIFEST_FILE, EpisodeManifest
 from wamfleet.platform.contracts.ingest import UploadTarget, UploadTicket
-from wamfleet.platform.storage.base import ObjectNotFound, ObjectStore
+from wamfleet.platform.storage.base import ObjectNotFound, ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +222,7 @@ class IngestService:
                 return episode
             raise
         finally:
-            for entry in manifest.files:
-                self.store.delete(scratch_key(session_id, attempt, entry.path))
+            self._tidy([scratch_key(session_id, attempt, e.path) for e in manifest.files])
         try:
             with self.catalog.session() as s:
                 episode = queries.add_episode(s, manifest)
@@ -246,9 +245,20 @@ class IngestService:
                 raise
             return winner
         self._step("recorded")
-        for entry in manifest.files:
-            self.store.delete(staging_key(session_id, entry.path))
+        self._tidy([staging_key(session_id, e.path) for e in manifest.files])
         return episode
+
+    def _discard_staged(self, session_id: str, path: str) -> None:
+        """A staged file that cannot be right goes, so the robot sees it as not received and re-sends."""
+        self._tidy([staging_key(session_id, path)])
+
+    def _tidy(self, keys: list[str]) -> None:
+        """Best-effort deletes; whatever fails here the sweeper removes later."""
+        for key in keys:
+            try:
+                self.store.delete(key)
+            except StorageError as exc:
+                log.warning("leaving %s for the sweeper: %s", key, exc)
 
     def _publish(self, session_id: str, attempt: str, manifest: EpisodeManifest) -> None:
         """Staging -> this attempt's private scratch copy -> verified -> final keys -> manifest.
@@ -262,7 +272,10 @@ class IngestService:
             except ObjectNotFound:
                 raise Invalid(f"{entry.path}: not uploaded") from None
             if size != entry.size:
-                raise Invalid(f"{entry.path}: uploaded {size} bytes, manifest declares {entry.size}")
+                self._discard_staged(session_id, entry.path)
+                raise Invalid(
+                    f"{entry.path}: uploaded {size} bytes, manifest declares {entry.size}; upload it again"
+                )
         for entry in manifest.files:
             try:
                 self.store.copy(
@@ -276,6 +289,7 @@ class IngestService:
         for entry in manifest.files:
             digest = self.store.sha256(scratch_key(session_id, attempt, entry.path))
             if digest != entry.sha256:
+                self._discard_staged(session_id, entry.path)
                 raise Invalid(f"{entry.path}: sha256 {digest} does not match the manifest; upload it again")
         self._step("verified")
         for entry in manifest.files:
@@ -287,12 +301,19 @@ class IngestService:
         self._step("manifest-written")
 
     def expire_stale_sessions(self) -> int:
+        """Expires overdue sessions, then removes staged and scratch files no open session owns."""
         with self.catalog.session() as s:
             stale = queries.expire_upload_sessions(s)
             for upload in stale:
                 queries.audit(s, "platform", "upload.expire", upload.episode_id, upload=upload.session_id)
-        for upload in stale:
-            for prefix in (f"uploads/{upload.session_id}/", f"commits/{upload.session_id}/"):
-                for info in self.store.list(prefix):
-                    self.store.delete(info.key)
+        orphans: dict[str, list[str]] = {}
+        for prefix in ("uploads/", "commits/"):
+            for info in self.store.list(prefix):
+                orphans.setdefault(info.key.split("/", 2)[1], []).append(info.key)
+        if orphans:
+            with self.catalog.session() as s:
+                still_open = queries.open_session_ids(s, list(orphans))
+            for session_id, keys in orphans.items():
+                if session_id not in still_open:
+                    self._tidy(keys)
         return len(stale)

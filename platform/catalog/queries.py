@@ -286,6 +286,16 @@ def committed_session(session: Session, episode_id: str) -> UploadSession | None
     ).first()
 
 
+def open_session_ids(session: Session, session_ids: list[str]) -> set[str]:
+    """Which of these session ids belong to sessions that are still open."""
+    rows = session.scalars(
+        select(UploadSession.session_id).where(
+            UploadSession.session_id.in_(session_ids), UploadSession.status == "open"
+        )
+    )
+    return set(rows)
+
+
 def expire_upload_sessions(session: Session) -> list[UploadSession]:
     """Marks open sessions past their expiry as expired and returns them (their staged files can go)."""
     stale = list(

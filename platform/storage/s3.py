@@ -6,7 +6,8 @@ import hashlib
 import io
 import logging
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
@@ -105,12 +106,27 @@ class S3ObjectStore(ObjectStore):
             raise self._wrap(key, exc) from exc
         return ObjectInfo(key=key, size=path.stat().st_size)
 
-    def get_bytes(self, key: str) -> bytes:
+    def _read(self, key: str, sink: Callable[[bytes], object]) -> int:
+        """Streams an object into `sink`; a response cut short is an error, never a short read.
+
+        A connection dropped inside the response headers looks to the HTTP client like a
+        complete response without Content-Length (so, 0 bytes): insist on the header and on
+        receiving exactly that many bytes.
+        """
         validate_key(key)
         response = None
         try:
             response = self.client.get_object(self.bucket, key)
-            return response.read()
+            declared = response.headers.get("content-length")
+            if declared is None:
+                raise StorageError(f"object store error on {key!r}: response without Content-Length")
+            received = 0
+            for chunk in response.stream(1 << 20):
+                sink(chunk)
+                received += len(chunk)
+            if received != int(declared):
+                raise StorageError(f"object store error on {key!r}: got {received} of {declared} bytes")
+            return received
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._wrap(key, exc) from exc
         finally:
@@ -118,15 +134,21 @@ class S3ObjectStore(ObjectStore):
                 response.close()
                 response.release_conn()
 
+    def get_bytes(self, key: str) -> bytes:
+        buffer = io.BytesIO()
+        self._read(key, buffer.write)
+        return buffer.getvalue()
+
     def get_file(self, key: str, path: Path) -> ObjectInfo:
-        # fget_object downloads to a ".part.minio" file and renames it into place.
-        validate_key(key)
         path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
         try:
-            stat = self.client.fget_object(self.bucket, key, str(path))
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise self._wrap(key, exc) from exc
-        return ObjectInfo(key=key, size=stat.size or 0, last_modified=stat.last_modified)
+            with open(part, "wb") as f:
+                size = self._read(key, f.write)
+            os.replace(part, path)
+        finally:
+            part.unlink(missing_ok=True)
+        return ObjectInfo(key=key, size=size)
 
     def stat(self, key: str) -> ObjectInfo:
         validate_key(key)
@@ -134,6 +156,9 @@ class S3ObjectStore(ObjectStore):
             stat = self.client.stat_object(self.bucket, key)
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._wrap(key, exc) from exc
+        headers = stat.metadata or {}
+        if "content-length" not in {k.lower() for k in headers} or not stat.etag:
+            raise StorageError(f"object store error on {key!r}: incomplete HEAD response")
         return ObjectInfo(key=key, size=stat.size or 0, last_modified=stat.last_modified)
 
     def copy(self, src: str, dst: str, size: int | None = None) -> None:
@@ -151,19 +176,8 @@ class S3ObjectStore(ObjectStore):
             raise self._wrap(src, exc) from exc
 
     def sha256(self, key: str) -> str:
-        validate_key(key)
         digest = hashlib.sha256()
-        response = None
-        try:
-            response = self.client.get_object(self.bucket, key)
-            for chunk in response.stream(1 << 20):
-                digest.update(chunk)
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise self._wrap(key, exc) from exc
-        finally:
-            if response is not None:
-                response.close()
-                response.release_conn()
+        self._read(key, digest.update)
         return digest.hexdigest()
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:

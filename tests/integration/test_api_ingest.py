@@ -118,6 +118,9 @@ def test_commit_names_missing_and_wrong_files(api: Api, write_episode: WriteEpis
     # Nothing partial is kept: no final keys, no scratch copies.
     assert [i.key for i in api.state.store.list("") if not i.key.startswith("uploads/")] == []
 
+    # The bad copy was dropped, so the robot sees the file as missing and sends it again.
+    resumed = {f["path"]: f["received"] for f in api.open(robot, manifest).json()["files"]}
+    assert resumed == {"data.parquet": True, "videos/front.mp4": False, "videos/wrist.mp4": True}
     api.put(urls["videos/front.mp4"], (directory / "videos/front.mp4").read_bytes())
     assert api.commit(robot, ticket["session_id"]).status_code == 200
 
@@ -160,6 +163,10 @@ def test_commit_crashing_at_any_step_completes_exactly_once_on_retry(
     assert [i["episode_id"] for i in items] == [str(manifest.episode_id)]
     for entry in manifest.files:
         assert api.state.store.sha256(manifest.prefix + entry.path) == entry.sha256
+    # Whatever a crash left in staging or scratch, the sweeper removes once the session is done.
+    api.state.ingest.expire_stale_sessions()
+    assert [i.key for i in api.state.store.list("uploads/")] == []
+    assert [i.key for i in api.state.store.list("commits/")] == []
 
 
 def test_concurrent_commits_record_the_episode_once(api: Api, write_episode: WriteEpisode) -> None:

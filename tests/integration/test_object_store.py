@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
+import urllib3
 
 from tests.conftest import make_s3_store
 from wamfleet.platform.storage import InvalidKey, LocalObjectStore, ObjectNotFound, ObjectStore, StorageError
@@ -202,3 +203,42 @@ def test_copy_and_sha256(object_store: ObjectStore) -> None:
         object_store.copy("uploads/none", "episodes/x")
     with pytest.raises(ObjectNotFound):
         object_store.sha256("uploads/none")
+
+
+def test_s3_responses_cut_short_are_errors_not_short_reads(moto_endpoint: str) -> None:
+    """Regression: a response cut inside its headers once read as size 0 / the empty sha256."""
+    import socket
+    import threading
+
+    direct = make_s3_store(moto_endpoint)
+    direct.put_bytes("uploads/s/videos/wrist.mp4", b"x" * 26_224)
+    host, port = moto_endpoint.split(":")
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def cut_after_status_line() -> None:
+        # Forwards each request, then returns only the status line and one header.
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with client, socket.create_connection((host, int(port))) as upstream:
+                upstream.sendall(client.recv(65536))
+                response = upstream.recv(65536)
+                client.sendall(response[: response.index(b"\r\n") + 2] + b"Server: cut\r\n")
+
+    thread = threading.Thread(target=cut_after_status_line, daemon=True)
+    thread.start()
+    try:
+        no_retry = urllib3.PoolManager(retries=False, timeout=5)
+        endpoint = f"127.0.0.1:{listener.getsockname()[1]}"
+        via = make_s3_store(endpoint, direct.bucket, create_bucket=False, http_client=no_retry)
+        for read in (via.stat, via.sha256, via.get_bytes):
+            with pytest.raises(StorageError):
+                read("uploads/s/videos/wrist.mp4")
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()

@@ -216,3 +216,42 @@ def test_agent_cli_run_once_and_import_video(
     status = runner.invoke(app, ["agent", "status"], env=env)
     assert "ready      0" in status.output
     _ = ADMIN_TOKEN
+
+
+def test_file_damaged_in_transit_is_sent_again(
+    tmp_path: Path, live: tuple[str, str], embodiment: EmbodimentSpec
+) -> None:
+    url, token = live
+    spool = Spool(tmp_path / "spool")
+    (episode,) = fill(spool, embodiment, 1)
+
+    class FlippingLink(PlatformClient):
+        """Corrupts one byte of the first video it sends, as a bad link would."""
+
+        damaged = False
+
+        def put_file(self, url: str, path: Path, size: int, throttle: TokenBucket | None = None) -> None:
+            if path.suffix == ".mp4" and not self.damaged:
+                self.damaged = True
+                bad = tmp_path / "bad.mp4"
+                data = bytearray(path.read_bytes())
+                data[len(data) // 2] ^= 0xFF
+                bad.write_bytes(bytes(data))
+                return super().put_file(url, bad, size, throttle)
+            return super().put_file(url, path, size, throttle)
+
+    report = Uploader(spool, FlippingLink(url, token)).run_once()
+    assert report.committed == [episode]
+    assert report.files_sent == 4  # three files, one of them twice
+    assert committed(url) == [episode]
+
+
+def test_commit_acknowledged_before_a_crash_needs_no_network(
+    tmp_path: Path, embodiment: EmbodimentSpec
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    (episode,) = fill(spool, embodiment, 1)
+    spool.journal(spool.dir("ready", episode)).append(event="committed")
+    report = Uploader(spool, PlatformClient("http://127.0.0.1:9", "unused"), retention_s=60).run_once()
+    assert report.committed == [episode]
+    assert spool.counts()["uploaded"] == 1
