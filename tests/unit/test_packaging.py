@@ -61,3 +61,13 @@ def test_the_cli_loads_without_server_or_model_libraries() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_model_imports_nothing_else_of_wamfleet() -> None:
+    import re
+
+    for path in (ROOT / "model").glob("*.py"):
+        for line in path.read_text().splitlines():
+            match = re.match(r"\s*(?:from|import) (wamfleet\.\w+)", line)
+            if match:
+                assert match.group(1) == "wamfleet.model", f"{path.name}: {line.strip()}"
