@@ -95,6 +95,9 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=4)
     parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--peak-tflops", type=float, default=989.0, help="GPU dense bf16 peak (H100 SXM: 989)"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cpu":

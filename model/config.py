@@ -149,7 +149,10 @@ class WAMConfig(BaseModel):
     def preset_named(cls, name: str, **overrides: Any) -> WAMConfig:
         if name not in PRESETS:
             raise ValueError(f"preset: unknown {name!r}; choose from {sorted(PRESETS)}")
-        data = PRESETS[name] | {"preset": name} | overrides
+        data: dict[str, Any] = dict(PRESETS[name]) | {"preset": name}
+        for key, value in overrides.items():  # nested sections merge: vae={"pretrained": ...} keeps the rest
+            base = data.get(key)
+            data[key] = base | value if isinstance(base, dict) and isinstance(value, dict) else value
         return cls.model_validate(data)
 
 

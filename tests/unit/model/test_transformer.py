@@ -230,3 +230,10 @@ def test_new_embodiment_heads_can_be_added() -> None:
     model.add_embodiment("gripper-bot", state_dim=3, action_dim=2)
     assert "gripper-bot" in model.action_decoders
     assert tiny_config().embodiments != model.config.embodiments
+
+
+def test_preset_overrides_merge_nested_sections() -> None:
+    cfg = WAMConfig.preset_named("wan2.1-14b", vae={"pretrained": "/weights/vae"}, text={"pretrained": "/weights/t5"})
+    assert cfg.vae.z_dim == 16 and str(cfg.vae.pretrained) == "/weights/vae"
+    assert cfg.text.kind == "umt5" and cfg.text.dim == 4096
+    assert cfg.tokens_per_latent_frame == 30 * 40
