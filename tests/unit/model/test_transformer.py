@@ -233,7 +233,9 @@ def test_new_embodiment_heads_can_be_added() -> None:
 
 
 def test_preset_overrides_merge_nested_sections() -> None:
-    cfg = WAMConfig.preset_named("wan2.1-14b", vae={"pretrained": "/weights/vae"}, text={"pretrained": "/weights/t5"})
+    cfg = WAMConfig.preset_named(
+        "wan2.1-14b", vae={"pretrained": "/weights/vae"}, text={"pretrained": "/weights/t5"}
+    )
     assert cfg.vae.z_dim == 16 and str(cfg.vae.pretrained) == "/weights/vae"
     assert cfg.text.kind == "umt5" and cfg.text.dim == 4096
     assert cfg.tokens_per_latent_frame == 30 * 40
