@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,7 +151,7 @@ class PolicyEngine:
         self.sampler = ChunkSampler(policy.model)
         self.sessions = SessionStore(max_session_bytes, session_ttl_s)
         self._lock = threading.Lock()
-        self._generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
         self._device = next(policy.model.parameters()).device
         cfg = self.cfg
         self._action_mask = dim_mask(self.spec.action_dim, cfg.max_action_dim).to(self._device)
@@ -251,13 +252,11 @@ class PolicyEngine:
             encoded = time.perf_counter()
             norm_state = self.state_norm.normalize(state) if self.state_norm else state
             state_t = pad_last(norm_state, self.cfg.max_state_dim)[None].to(self._device)
+            # Noise seeded by (session, chunk): a request gives the same chunk on any protocol or replica.
+            key = f"{self.seed}/{request.session_id}/{session.chunk_index}"
+            noise = torch.Generator().manual_seed(zlib.crc32(key.encode()))
             pred = self.sampler.predict(
-                session.sampler,
-                state_t,
-                self._state_mask,
-                self._action_mask,
-                [self.embodiment_name],
-                self._generator,
+                session.sampler, state_t, self._state_mask, self._action_mask, [self.embodiment_name], noise
             )
             actions = pred.actions[0, :, : self.spec.action_dim].float().cpu().numpy()
             if self.action_norm is not None:

@@ -8,7 +8,15 @@ from importlib.metadata import version as package_version
 
 import typer
 
-from wamfleet.platform.cli import agent_cmd, config_cmd, data_cmd, demo_cmd, fleet_cmd, platform_cmd
+from wamfleet.platform.cli import (
+    agent_cmd,
+    config_cmd,
+    data_cmd,
+    demo_cmd,
+    fleet_cmd,
+    platform_cmd,
+    serve_cmd,
+)
 from wamfleet.platform.cli.common import load_settings
 
 app = typer.Typer(
@@ -33,6 +41,7 @@ app.add_typer(platform_cmd.app, name="platform")
 app.add_typer(agent_cmd.app, name="agent")
 app.add_typer(fleet_cmd.app, name="fleet")
 app.command("demo")(demo_cmd.demo)
+app.command("serve")(serve_cmd.serve)
 
 
 @app.command()

@@ -1,0 +1,118 @@
+"""The KServe predictor: Open Inference Protocol v2 over the same engine as the websocket.
+
+Inputs (by name): images UINT8 [views,H,W,3] or [T,views,H,W,3], state FP32 [state_dim],
+instruction BYTES [1], session_id BYTES [1], reset BOOL [1] (optional). Output: actions FP32
+[chunk, action_dim]; the response parameters carry the policy version and per-stage timings.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kserve import InferOutput, InferRequest, InferResponse, Model
+from kserve.errors import InvalidInput
+
+from wamfleet.model.policy import load_policy
+from wamfleet.serving.engine import InferRequest as EngineRequest
+from wamfleet.serving.engine import PolicyEngine, RequestError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_policy(location: str) -> Path:
+    """A local policy directory, or an MLflow URI (models:/name@alias, models:/name/3, runs:/...)."""
+    if "://" not in location and not location.startswith(("models:/", "runs:/")):
+        return Path(location)
+    import mlflow.artifacts
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location))
+    for candidate in (local, local / "policy"):
+        if (candidate / "policy.json").exists():
+            return candidate
+    raise ValueError(f"model_uri: {location} holds no policy.json (looked in {local} and {local / 'policy'})")
+
+
+def _text(value: Any, name: str) -> str:
+    item = np.asarray(value).reshape(-1)
+    if item.size != 1:
+        raise RequestError(f"{name}: expected one BYTES element, got {item.size}")
+    raw = item[0]
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+class WAMPredictor(Model):
+    def __init__(
+        self,
+        name: str,
+        location: str,
+        *,
+        version: str | None = None,
+        embodiment: str | None = None,
+        device: str = "cpu",
+        max_session_bytes: int = 2 * 1024**3,
+    ) -> None:
+        super().__init__(name)
+        self.location = location
+        self.version = version
+        self.embodiment = embodiment
+        self.device = device
+        self.max_session_bytes = max_session_bytes
+        self.engine: PolicyEngine | None = None
+
+    def load(self) -> bool:
+        policy = load_policy(resolve_policy(self.location), self.device)
+        version = self.version or policy.metadata.get("version") or policy.sha256[:12]
+        self.engine = PolicyEngine(
+            policy, version=str(version), embodiment=self.embodiment, max_session_bytes=self.max_session_bytes
+        )
+        self._warm_up()
+        self.ready = True
+        return True
+
+    def _warm_up(self) -> None:
+        """One inference before reporting ready, so the first robot does not pay for lazy setup."""
+        assert self.engine is not None
+        meta = self.engine.metadata()
+        images = np.zeros((len(meta.cameras), 64, 64, 3), np.uint8)
+        state = np.zeros(meta.state_dim, np.float32)
+        self.engine.infer(EngineRequest("__warmup__", "warm up", images, state))
+        self.engine.reset("__warmup__")
+
+    async def predict(
+        self, payload: InferRequest, headers: dict[str, str] | None = None, response_headers: Any = None
+    ) -> InferResponse:
+        assert self.engine is not None
+        try:
+            inputs = {i.name: i for i in payload.inputs}
+            for required in ("images", "state", "instruction", "session_id"):
+                if required not in inputs:
+                    raise RequestError(f"{required}: missing input")
+            reset = (
+                bool(np.asarray(inputs["reset"].as_numpy()).reshape(-1)[0]) if "reset" in inputs else False
+            )
+            request = EngineRequest(
+                session_id=_text(inputs["session_id"].as_numpy(), "session_id"),
+                instruction=_text(inputs["instruction"].as_numpy(), "instruction"),
+                images=inputs["images"].as_numpy(),
+                state=inputs["state"].as_numpy(),
+                reset=reset,
+            )
+            result = self.engine.infer(request)
+        except RequestError as exc:
+            raise InvalidInput(str(exc)) from None
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(f"inputs: {exc}") from None
+        output = InferOutput(name="actions", shape=list(result.actions.shape), datatype="FP32")
+        output.set_data_from_numpy(result.actions, binary_data=False)
+        parameters = {
+            "policy_version": result.policy_version,
+            "session_id": result.session_id,
+            "chunk_index": result.chunk_index,
+            **{k: float(v) for k, v in result.timing.model_dump().items()},
+        }
+        return InferResponse(
+            response_id=payload.id or "", model_name=self.name, infer_outputs=[output], parameters=parameters
+        )

@@ -1,0 +1,179 @@
+"""`wamfleet serve` as a robot meets it: KServe v2 REST and the openpi websocket on one port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from websockets.sync.client import connect
+
+from tests.unit.serving.policy_support import tiny_policy
+from wamfleet.platform.contracts.protocol import packb, unpackb
+
+API_KEY = "robot-fleet-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    policy = tiny_policy(tmp_path_factory.mktemp("serve") / "policy")
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "wamfleet.platform.cli.main",
+        "serve",
+        "--policy",
+        str(policy),
+        "--port",
+        str(port),
+    ]
+    env = os.environ | {"WAMFLEET_SERVE_API_KEY": API_KEY, "OMP_NUM_THREADS": "1"}
+    log = open(tmp_path_factory.mktemp("serve-log") / "serve.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"serve exited: {Path(log.name).read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/v2/models/wam/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise RuntimeError("serve did not become ready")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def v2_body(images: np.ndarray, state: np.ndarray, session: str, reset: bool = False) -> dict[str, object]:
+    return {
+        "inputs": [
+            {
+                "name": "images",
+                "shape": list(images.shape),
+                "datatype": "UINT8",
+                "data": images.ravel().tolist(),
+            },
+            {"name": "state", "shape": list(state.shape), "datatype": "FP32", "data": state.ravel().tolist()},
+            {"name": "instruction", "shape": [1], "datatype": "BYTES", "data": ["reach the goal"]},
+            {"name": "session_id", "shape": [1], "datatype": "BYTES", "data": [session]},
+            {"name": "reset", "shape": [1], "datatype": "BOOL", "data": [reset]},
+        ]
+    }
+
+
+def observation(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 255, (2, 96, 96, 3), dtype=np.uint8), rng.normal(size=39).astype(np.float32)
+
+
+def ws(url: str, key: str | None = API_KEY):  # type: ignore[no-untyped-def]
+    headers = {"Authorization": f"Api-Key {key}"} if key else None
+    return connect(url.replace("http", "ws"), additional_headers=headers, max_size=None)
+
+
+def test_v2_and_websocket_give_the_same_actions(server: str) -> None:
+    images, state = observation()
+    rest = httpx.post(
+        f"{server}/v2/models/wam/infer", json=v2_body(images, state, "same", reset=True), timeout=60
+    )
+    assert rest.status_code == 200, rest.text
+    body = rest.json()
+    rest_actions = np.asarray(body["outputs"][0]["data"], np.float32).reshape(body["outputs"][0]["shape"])
+    assert body["parameters"]["chunk_index"] == 1
+    assert body["parameters"]["policy_version"]
+    assert body["parameters"]["denoise_ms"] > 0
+    with ws(server) as conn:
+        meta = unpackb(conn.recv())
+        assert meta["action_dim"] == 4 and meta["cameras"] == ["exterior", "wrist"]
+        obs = {"images": images, "state": state, "instruction": "reach the goal", "session_id": "same"}
+        conn.send(packb(obs | {"reset": True}))
+        reply = unpackb(conn.recv())
+    assert reply["actions"].shape == (8, 4)
+    np.testing.assert_allclose(reply["actions"], rest_actions, atol=1e-5)
+
+
+def test_websocket_session_advances_and_resets(server: str) -> None:
+    images, state = observation(1)
+    with ws(server) as conn:
+        conn.recv()
+        for expected in (1, 2, 3):
+            conn.send(
+                packb(
+                    {"images": np.stack([images] * 4), "state": state, "prompt": "reach", "session_id": "w"}
+                )
+            )
+            assert unpackb(conn.recv())["chunk_index"] == expected
+        conn.send(packb({"endpoint": "reset", "session_id": "w"}))
+        assert unpackb(conn.recv()) == {"reset": True, "session_id": "w"}
+        conn.send(packb({"images": images, "state": state, "prompt": "reach", "session_id": "w"}))
+        assert unpackb(conn.recv())["chunk_index"] == 1
+
+
+def test_websocket_bad_input_is_named_and_the_connection_survives(server: str) -> None:
+    images, state = observation(2)
+    with ws(server) as conn:
+        conn.recv()
+        for bad, message in [
+            (
+                {"images": images.astype(np.float32), "state": state, "prompt": "x"},
+                "images: expected dtype uint8",
+            ),
+            ({"images": images, "state": state[:3], "prompt": "x"}, "state: expected 39 values"),
+            (
+                {"images": images, "state": np.full(39, np.inf, np.float32), "prompt": "x"},
+                "state: contains NaN",
+            ),
+            ({"state": state, "prompt": "x"}, "images: missing"),
+            (
+                {"images": images, "state": state, "prompt": "x", "endpoint": "dance"},
+                "endpoint: unknown 'dance'",
+            ),
+        ]:
+            conn.send(packb(bad | {"session_id": "bad"}))
+            answer = conn.recv()
+            assert isinstance(answer, str) and message in answer, answer
+        conn.send(b"\xc1 not msgpack")
+        assert "message: not msgpack-numpy" in conn.recv()
+        conn.send(packb({"images": images, "state": state, "prompt": "x", "session_id": "bad"}))
+        assert unpackb(conn.recv())["actions"].shape == (8, 4)
+
+
+def test_websocket_requires_the_api_key(server: str) -> None:
+    from websockets.exceptions import InvalidStatus
+
+    with pytest.raises((InvalidStatus, ConnectionError, OSError)), ws(server, key="wrong") as conn:
+        conn.recv()
+
+
+def test_v2_bad_input_is_a_4xx_naming_the_input(server: str) -> None:
+    images, state = observation(3)
+    body = v2_body(images, state[:5], "v2bad")
+    response = httpx.post(f"{server}/v2/models/wam/infer", json=body, timeout=60)
+    assert response.status_code == 400
+    assert "state: expected 39 values, got 5" in response.text
+    body = v2_body(images, state, "v2bad")
+    body["inputs"] = body["inputs"][1:]  # type: ignore[index]
+    response = httpx.post(f"{server}/v2/models/wam/infer", json=body, timeout=60)
+    assert response.status_code == 400
+    assert "images: missing input" in response.text
