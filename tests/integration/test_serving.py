@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from websockets.sync.client import connect
+from websockets.sync.client import ClientConnection, connect
 
 from tests.unit.serving.policy_support import tiny_policy
 from wamfleet.platform.contracts.protocol import packb, unpackb
@@ -87,7 +87,7 @@ def observation(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, 255, (2, 96, 96, 3), dtype=np.uint8), rng.normal(size=39).astype(np.float32)
 
 
-def ws(url: str, key: str | None = API_KEY):  # type: ignore[no-untyped-def]
+def ws(url: str, key: str | None = API_KEY) -> ClientConnection:
     headers = {"Authorization": f"Api-Key {key}"} if key else None
     return connect(url.replace("http", "ws"), additional_headers=headers, max_size=None)
 
