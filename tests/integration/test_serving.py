@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -87,6 +88,12 @@ def observation(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, 255, (2, 96, 96, 3), dtype=np.uint8), rng.normal(size=39).astype(np.float32)
 
 
+def recv(conn: ClientConnection) -> Any:
+    data = conn.recv()
+    assert isinstance(data, bytes), data  # a text frame is an error message
+    return unpackb(data)
+
+
 def ws(url: str, key: str | None = API_KEY) -> ClientConnection:
     headers = {"Authorization": f"Api-Key {key}"} if key else None
     return connect(url.replace("http", "ws"), additional_headers=headers, max_size=None)
@@ -104,11 +111,11 @@ def test_v2_and_websocket_give_the_same_actions(server: str) -> None:
     assert body["parameters"]["policy_version"]
     assert body["parameters"]["denoise_ms"] > 0
     with ws(server) as conn:
-        meta = unpackb(conn.recv())
+        meta = recv(conn)
         assert meta["action_dim"] == 4 and meta["cameras"] == ["exterior", "wrist"]
         obs = {"images": images, "state": state, "instruction": "reach the goal", "session_id": "same"}
         conn.send(packb(obs | {"reset": True}))
-        reply = unpackb(conn.recv())
+        reply = recv(conn)
     assert reply["actions"].shape == (8, 4)
     np.testing.assert_allclose(reply["actions"], rest_actions, atol=1e-5)
 
@@ -123,11 +130,11 @@ def test_websocket_session_advances_and_resets(server: str) -> None:
                     {"images": np.stack([images] * 4), "state": state, "prompt": "reach", "session_id": "w"}
                 )
             )
-            assert unpackb(conn.recv())["chunk_index"] == expected
+            assert recv(conn)["chunk_index"] == expected
         conn.send(packb({"endpoint": "reset", "session_id": "w"}))
-        assert unpackb(conn.recv()) == {"reset": True, "session_id": "w"}
+        assert recv(conn) == {"reset": True, "session_id": "w"}
         conn.send(packb({"images": images, "state": state, "prompt": "reach", "session_id": "w"}))
-        assert unpackb(conn.recv())["chunk_index"] == 1
+        assert recv(conn)["chunk_index"] == 1
 
 
 def test_websocket_bad_input_is_named_and_the_connection_survives(server: str) -> None:
@@ -156,7 +163,7 @@ def test_websocket_bad_input_is_named_and_the_connection_survives(server: str) -
         conn.send(b"\xc1 not msgpack")
         assert "message: not msgpack-numpy" in conn.recv()
         conn.send(packb({"images": images, "state": state, "prompt": "x", "session_id": "bad"}))
-        assert unpackb(conn.recv())["actions"].shape == (8, 4)
+        assert recv(conn)["actions"].shape == (8, 4)
 
 
 def test_websocket_requires_the_api_key(server: str) -> None:
