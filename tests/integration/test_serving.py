@@ -184,3 +184,54 @@ def test_v2_bad_input_is_a_4xx_naming_the_input(server: str) -> None:
     response = httpx.post(f"{server}/v2/models/wam/infer", json=body, timeout=60)
     assert response.status_code == 400
     assert "images: missing input" in response.text
+
+
+OPENPI_SCRIPT = """
+import json, sys
+import numpy as np
+from openpi_client import websocket_client_policy
+
+host, port, key = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+policy = websocket_client_policy.WebsocketClientPolicy(host=host, port=port, api_key=key)
+meta = policy.get_server_metadata()
+rng = np.random.default_rng(0)
+obs = {"images": rng.integers(0, 255, (2, 96, 96, 3), dtype=np.uint8), "state": np.zeros(39, np.float32),
+       "prompt": "reach the goal", "session_id": "openpi-client"}
+chunks = [policy.infer(obs) for _ in range(2)]
+print(json.dumps({"meta": meta, "shape": list(chunks[0]["actions"].shape),
+                  "dtype": str(chunks[0]["actions"].dtype), "chunk_index": int(chunks[1]["chunk_index"]),
+                  "numpy": np.__version__}))
+"""
+
+
+@pytest.mark.slow
+def test_published_openpi_client_drives_the_server_unchanged(server: str, tmp_path: Path) -> None:
+    """openpi-client pins numpy<2, so it runs from its own small venv, as a robot would."""
+    import json
+    import venv
+
+    env_dir = tmp_path / "openpi-venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    install = subprocess.run(
+        # openpi-client imports typing_extensions without declaring it.
+        [str(python), "-m", "pip", "install", "--quiet", "openpi-client", "numpy<2", "typing_extensions"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert install.returncode == 0, install.stderr[-2000:]
+    port = server.rsplit(":", 1)[1]
+    run = subprocess.run(
+        [str(python), "-c", OPENPI_SCRIPT, "127.0.0.1", port, API_KEY],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["numpy"].startswith("1.")
+    assert out["meta"]["action_dim"] == 4
+    assert out["shape"] == [8, 4]
+    assert out["dtype"] == "float32"
+    assert out["chunk_index"] == 2
