@@ -1,1 +1,1 @@
-"""serving."""
+"""Policy serving: the engine, the KServe predictor and the openpi websocket endpoint."""

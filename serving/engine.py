@@ -27,6 +27,7 @@ from wamfleet.model.policy import LoadedPolicy
 from wamfleet.model.sampler import ChunkSampler, Session
 from wamfleet.platform.contracts.embodiment import EmbodimentSpec
 from wamfleet.platform.contracts.protocol import PolicyMetadata, ServerTiming
+from wamfleet.serving import metrics
 
 log = logging.getLogger(__name__)
 MAX_IMAGE_SIDE = 2048
@@ -105,6 +106,7 @@ class SessionStore:
         for sid in [s for s, v in self._sessions.items() if now - v.last_used > self.ttl_s]:
             del self._sessions[sid]
             self.evictions += 1
+            metrics.EVICTIONS.inc()
 
     def shrink(self, keep: str | None = None) -> None:
         """Evicts least recently used sessions until the caches fit the memory budget."""
@@ -115,6 +117,7 @@ class SessionStore:
                 oldest = next(iter(self._sessions))
             del self._sessions[oldest]
             self.evictions += 1
+            metrics.EVICTIONS.inc()
 
     def nbytes(self) -> int:
         return sum(s.nbytes() for s in self._sessions.values())
@@ -231,8 +234,38 @@ class PolicyEngine:
         self.sampler.observe(session.sampler, latents)
         session.last_frame = images[-1].copy()
 
-    @torch.no_grad()
     def infer(self, request: InferRequest) -> InferResult:
+        """Validates, updates the session and returns the next action chunk; counted and logged."""
+        try:
+            result = self._infer(request)
+        except RequestError:
+            metrics.REQUESTS.labels("bad_request").inc()
+            raise
+        except Exception:
+            metrics.REQUESTS.labels("error").inc()
+            log.exception("session=%s inference failed", request.session_id)
+            raise
+        metrics.REQUESTS.labels("ok").inc()
+        metrics.CHUNKS.inc()
+        metrics.BATCH_SIZE.observe(result.timing.batch_size)
+        for stage in ("validate", "queue", "encode", "denoise", "total"):
+            metrics.STAGE_SECONDS.labels(stage).observe(getattr(result.timing, f"{stage}_ms") / 1000)
+        metrics.SESSIONS.set(len(self.sessions))
+        metrics.SESSION_BYTES.set(self.sessions.nbytes())
+        log.info(
+            "session=%s chunk=%d version=%s total_ms=%.1f encode_ms=%.1f denoise_ms=%.1f sessions=%d",
+            result.session_id,
+            result.chunk_index,
+            result.policy_version,
+            result.timing.total_ms,
+            result.timing.encode_ms,
+            result.timing.denoise_ms,
+            len(self.sessions),
+        )
+        return result
+
+    @torch.no_grad()
+    def _infer(self, request: InferRequest) -> InferResult:
         started = time.perf_counter()
         images, state = self.validate(request)
         validated = time.perf_counter()

@@ -235,3 +235,14 @@ def test_published_openpi_client_drives_the_server_unchanged(server: str, tmp_pa
     assert out["shape"] == [8, 4]
     assert out["dtype"] == "float32"
     assert out["chunk_index"] == 2
+
+
+def test_prometheus_metrics_count_requests_and_stages(server: str) -> None:
+    images, state = observation(4)
+    httpx.post(f"{server}/v2/models/wam/infer", json=v2_body(images, state[:2], "metrics"), timeout=60)
+    httpx.post(f"{server}/v2/models/wam/infer", json=v2_body(images, state, "metrics"), timeout=60)
+    text = httpx.get(f"{server}/metrics", timeout=10).text
+    assert 'wamfleet_policy_stage_seconds_count{stage="denoise"}' in text
+    assert 'wamfleet_policy_requests_total{outcome="bad_request"}' in text
+    assert "wamfleet_policy_sessions " in text
+    assert "wamfleet_policy_batch_size_bucket" in text
