@@ -10,6 +10,7 @@ latest real frame (a hard reset, as in DreamZero).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -17,13 +18,40 @@ from torch import Tensor
 
 from wamfleet.model.config import WAMConfig
 from wamfleet.model.objective import TIMESTEP_SCALE, shift_sigmas
-from wamfleet.model.transformer import Kind, KVCache, TokenMeta, WorldActionModel
+from wamfleet.model.transformer import (
+    Kind,
+    KVCache,
+    TokenMeta,
+    WorldActionModel,
+    action_meta,
+    state_meta,
+    video_meta,
+)
 
 
 def inference_sigmas(steps: int, shift: float) -> Tensor:
     """steps+1 decreasing noise levels from 1 to exactly 0, shifted; no step is wasted at 0."""
     base = torch.linspace(1.0, 0.0, steps + 1)[:-1]
     return torch.cat([shift_sigmas(base, shift), torch.zeros(1)])
+
+
+def _stack_conditioning(items: list[Conditioning]) -> Conditioning:
+    """One batch of conditionings (texts padded to the same token count by the encoder)."""
+    layers = len(items[0].text_kv)
+    kv = [
+        (torch.cat([c.text_kv[i][0] for c in items]), torch.cat([c.text_kv[i][1] for c in items]))
+        for i in range(layers)
+    ]
+    if all(c.text_mask is None for c in items):
+        return Conditioning(kv, None)
+    tokens = kv[0][0].shape[1]
+    masks = [
+        c.text_mask
+        if c.text_mask is not None
+        else torch.ones(1, 1, 1, tokens, dtype=torch.bool, device=kv[0][0].device)
+        for c in items
+    ]
+    return Conditioning(kv, torch.cat(masks))
 
 
 @dataclass
@@ -133,6 +161,72 @@ class ChunkSampler:
         )
         return hidden[:, tokens.shape[1] :]
 
+    def _query_meta(self, chunk: int) -> TokenMeta:
+        cfg = self.cfg
+        fc, (lh, lw), p = cfg.latent_frames_per_chunk, cfg.latent_hw, cfg.patch_size
+        frame = 1 + (chunk - 1) * fc
+        return TokenMeta.cat(
+            [
+                video_meta(fc, lh // p[1], lw // p[2], frame, Kind.NOISY, chunk),
+                action_meta(cfg.actions_per_chunk, chunk, frame),
+                state_meta(chunk, frame),
+            ]
+        )
+
+    def _denoise(
+        self,
+        noise: list[torch.Generator | None],
+        meta: TokenMeta,
+        state: Tensor,
+        state_mask: Tensor,
+        action_mask: Tensor,
+        embodiments: list[str],
+        velocity: Callable[[Tensor, Tensor, TokenMeta, bool], Tensor],
+        guided: bool,
+    ) -> ChunkPrediction:
+        """Euler steps from noise to a chunk; `velocity(query, t, meta, null)` runs the DiT."""
+        cfg, model = self.cfg, self.model
+        fc, (lh, lw) = cfg.latent_frames_per_chunk, cfg.latent_hw
+        device = state.device
+        b = state.shape[0]
+        per_sample = len(noise) == b
+        gens = noise if per_sample else [noise[0]]
+        video = torch.cat([torch.randn(b // len(gens), cfg.vae.z_dim, fc, lh, lw, generator=g) for g in gens])
+        actions = torch.cat(
+            [
+                torch.randn(b // len(gens), cfg.actions_per_chunk, cfg.max_action_dim, generator=g)
+                for g in gens
+            ]
+        )
+        video, actions = video.to(device), actions.to(device)
+        meta = TokenMeta(meta.kind.to(device), meta.chunk.to(device), meta.pos.to(device))
+        state_tok = model.state_tokens(state, state_mask, embodiments, 0, 0)[0]
+        sigmas = inference_sigmas(cfg.inference_steps, cfg.flow_shift)
+        n_video = fc * cfg.tokens_per_latent_frame
+        calls = 0
+        video_v = action_v = None
+        for i in range(cfg.inference_steps):
+            if i % cfg.dit_step_stride == 0 or video_v is None or action_v is None:
+                v_tok = model.video_tokens(video, 0, Kind.NOISY, 0)[0]
+                a_tok = model.action_tokens(actions, action_mask, embodiments, 0, 0)[0]
+                query = torch.cat([v_tok, a_tok, state_tok], 1)
+                t = torch.full((b, query.shape[1]), float(sigmas[i]) * TIMESTEP_SCALE, device=device)
+                t[:, -1] = 0.0  # the state is clean
+                hidden = velocity(query, t, meta, False)
+                video_v = model.unpatchify(hidden[:, :n_video], fc)
+                action_v = model.decode_actions(
+                    hidden[:, n_video : n_video + cfg.actions_per_chunk], embodiments
+                )
+                if guided:
+                    video_u = model.unpatchify(velocity(query, t, meta, True)[:, :n_video], fc)
+                    video_v = video_u + cfg.cfg_scale * (video_v - video_u)
+                    calls += 1
+                calls += 1
+            dt = float(sigmas[i + 1] - sigmas[i])
+            video = video + dt * video_v
+            actions = actions + dt * action_v
+        return ChunkPrediction(actions=actions, video=video, dit_calls=calls)
+
     @torch.no_grad()
     def predict(
         self,
@@ -146,43 +240,50 @@ class ChunkSampler:
         """Denoises the next chunk: (B, max_state_dim) state in, (B, A, max_action_dim) actions out."""
         if self.needs_reset(session):
             raise RuntimeError("the session's cache is full; start a new session from the latest frame")
-        cfg, model = self.cfg, self.model
-        b = session.cond.shape[0]
-        chunk = session.chunks_done + 1
-        fc = cfg.latent_frames_per_chunk
-        frame = 1 + (chunk - 1) * fc
-        lh, lw = cfg.latent_hw
-        device = session.cond.device
-        video = torch.randn(b, cfg.vae.z_dim, fc, lh, lw, generator=generator).to(device)
-        actions = torch.randn(b, cfg.actions_per_chunk, cfg.max_action_dim, generator=generator).to(device)
-        state_tok, state_meta = model.state_tokens(state, state_mask, embodiments, chunk, frame)
-        sigmas = inference_sigmas(cfg.inference_steps, cfg.flow_shift)
-        n_video = fc * cfg.tokens_per_latent_frame
-        calls = 0
-        video_v = action_v = None
-        for i in range(cfg.inference_steps):
-            if i % cfg.dit_step_stride == 0 or video_v is None or action_v is None:
-                v_tok, v_meta = model.video_tokens(video, frame, Kind.NOISY, chunk)
-                a_tok, a_meta = model.action_tokens(actions, action_mask, embodiments, chunk, frame)
-                query = torch.cat([v_tok, a_tok, state_tok], 1)
-                meta = TokenMeta.cat([v_meta, a_meta, state_meta])
-                t = torch.full((b, query.shape[1]), float(sigmas[i]) * TIMESTEP_SCALE, device=device)
-                t[:, -1] = 0.0  # the state is clean
-                hidden = self._velocity(session, session.text, session.cache, query, t, meta)
-                video_v = model.unpatchify(hidden[:, :n_video], fc)
-                action_v = model.decode_actions(
-                    hidden[:, n_video : n_video + cfg.actions_per_chunk], embodiments
-                )
-                if session.null_text is not None:
-                    hidden_u = self._velocity(session, session.null_text, session.null_cache, query, t, meta)
-                    video_u = model.unpatchify(hidden_u[:, :n_video], fc)
-                    video_v = video_u + cfg.cfg_scale * (video_v - video_u)
-                    calls += 1
-                calls += 1
-            dt = float(sigmas[i + 1] - sigmas[i])
-            video = video + dt * video_v
-            actions = actions + dt * action_v
-        return ChunkPrediction(actions=actions, video=video, dit_calls=calls)
+
+        def velocity(query: Tensor, t: Tensor, meta: TokenMeta, null: bool) -> Tensor:
+            if null:
+                return self._velocity(session, session.null_text, session.null_cache, query, t, meta)  # type: ignore[arg-type]
+            return self._velocity(session, session.text, session.cache, query, t, meta)
+
+        meta = self._query_meta(session.chunks_done + 1)
+        guided = session.null_text is not None
+        return self._denoise([generator], meta, state, state_mask, action_mask, embodiments, velocity, guided)
+
+    @torch.no_grad()
+    def predict_batch(
+        self,
+        sessions: list[Session],
+        state: Tensor,
+        state_mask: Tensor,
+        action_mask: Tensor,
+        embodiments: list[str],
+        generators: list[torch.Generator | None],
+    ) -> ChunkPrediction:
+        """Denoises the next chunk of several one-sample sessions together, whatever their chunk.
+
+        Caches of different lengths are padded (PAD tokens nobody attends to) and every sample
+        keeps its own positions and mask, so each result equals the session's own `predict`.
+        """
+        if not self.use_cache:
+            raise ValueError("predict_batch: needs the KV cache")
+        if any(s.cond.shape[0] != 1 for s in sessions) or len(generators) != len(sessions):
+            raise ValueError("sessions: each must hold one sample, with one generator each")
+        if any(self.needs_reset(s) for s in sessions):
+            raise RuntimeError("a session's cache is full; start a new session from the latest frame")
+        meta = TokenMeta.stack([self._query_meta(s.chunks_done + 1) for s in sessions])
+        cache = KVCache.stack([s.cache for s in sessions])
+        text = _stack_conditioning([s.text for s in sessions])
+        guided = sessions[0].null_text is not None
+        null_cache = KVCache.stack([s.null_cache for s in sessions]) if guided else None  # type: ignore[misc]
+        null_text = _stack_conditioning([s.null_text for s in sessions]) if guided else None  # type: ignore[misc]
+
+        def velocity(query: Tensor, t: Tensor, meta: TokenMeta, null: bool) -> Tensor:
+            cond, kv = (null_text, null_cache) if null else (text, cache)
+            assert cond is not None
+            return self.model.run(query, t, meta, cond.text_kv, cond.text_mask, kv)
+
+        return self._denoise(generators, meta, state, state_mask, action_mask, embodiments, velocity, guided)
 
     @torch.no_grad()
     def observe(self, session: Session, latents: Tensor) -> None:

@@ -42,26 +42,82 @@ class Kind(IntEnum):
     CLEAN = 1  # a clean chunk: history for later chunks
     NOISY = 2  # a noisy chunk's video or action tokens: what is denoised
     STATE = 3  # a chunk's robot state (clean)
+    PAD = -1  # padding in a batch of caches of different lengths: nobody attends to it
 
 
 @dataclass
 class TokenMeta:
-    """Per-token facts the mask and rotary embedding are built from: (kind, chunk, t, h, w)."""
+    """Per-token facts the mask and rotary embedding are built from: (kind, chunk, t, h, w).
 
-    kind: Tensor  # (L,) long
-    chunk: Tensor  # (L,) long; 0 for the conditioning frame, k for chunk k
-    pos: Tensor  # (L, 3) long: latent frame, row, column
+    Shared by the whole batch ((L,), (L, 3)), or per sample ((B, L), (B, L, 3)) when sessions
+    at different chunks are denoised together.
+    """
+
+    kind: Tensor  # (L,) or (B, L) long
+    chunk: Tensor  # (L,) or (B, L) long; 0 for the conditioning frame, k for chunk k
+    pos: Tensor  # (L, 3) or (B, L, 3) long: latent frame, row, column
+
+    @property
+    def batched(self) -> bool:
+        return self.kind.ndim == 2
+
+    def expand(self, batch: int) -> TokenMeta:
+        if self.batched:
+            return self
+        n = len(self)
+        return TokenMeta(
+            self.kind.expand(batch, n), self.chunk.expand(batch, n), self.pos.expand(batch, n, 3)
+        )
 
     @staticmethod
     def cat(items: list[TokenMeta]) -> TokenMeta:
+        if any(m.batched for m in items):
+            batch = next(m.kind.shape[0] for m in items if m.batched)
+            items = [m.expand(batch) for m in items]
         return TokenMeta(
-            torch.cat([m.kind for m in items]),
-            torch.cat([m.chunk for m in items]),
-            torch.cat([m.pos for m in items]),
+            torch.cat([m.kind for m in items], dim=-1),
+            torch.cat([m.chunk for m in items], dim=-1),
+            torch.cat([m.pos for m in items], dim=-2),
+        )
+
+    @staticmethod
+    def stack(items: list[TokenMeta]) -> TokenMeta:
+        """Per-sample metas of equal length -> one batched meta."""
+        return TokenMeta(
+            torch.stack([m.kind for m in items]),
+            torch.stack([m.chunk for m in items]),
+            torch.stack([m.pos for m in items]),
         )
 
     def __len__(self) -> int:
-        return int(self.kind.shape[0])
+        return int(self.kind.shape[-1])
+
+
+def video_meta(frames: int, h: int, w: int, first_frame: int, kind: Kind, chunk: Tensor | int) -> TokenMeta:
+    """Tokens of `frames` latent frames of h x w patches; `chunk` per frame or one for all."""
+    grid = torch.stack(
+        torch.meshgrid(
+            torch.arange(first_frame, first_frame + frames), torch.arange(h), torch.arange(w), indexing="ij"
+        ),
+        dim=-1,
+    ).reshape(-1, 3)
+    per_frame = torch.as_tensor(chunk)
+    per_frame = per_frame.expand(frames) if per_frame.ndim == 0 else per_frame
+    chunks = per_frame.repeat_interleave(h * w)
+    return TokenMeta(torch.full((frames * h * w,), int(kind)), chunks.long(), grid.long())
+
+
+def action_meta(actions: int, chunk: int, frame: int) -> TokenMeta:
+    """A chunk's action tokens: 1D position by chunk (the chunk's first latent frame)."""
+    return TokenMeta(
+        torch.full((actions,), int(Kind.NOISY)),
+        torch.full((actions,), chunk),
+        torch.tensor([[frame, 0, 0]]).repeat(actions, 1),
+    )
+
+
+def state_meta(chunk: int, frame: int) -> TokenMeta:
+    return TokenMeta(torch.tensor([int(Kind.STATE)]), torch.tensor([chunk]), torch.tensor([[frame, 0, 0]]))
 
 
 def attention_mask(query: TokenMeta, key: TokenMeta) -> Tensor:
@@ -73,8 +129,8 @@ def attention_mask(query: TokenMeta, key: TokenMeta) -> Tensor:
       own noisy tokens and state;
     - state c sees only itself.
     """
-    qk, qc = query.kind[:, None], query.chunk[:, None]
-    kk, kc = key.kind[None, :], key.chunk[None, :]
+    qk, qc = query.kind[..., :, None], query.chunk[..., :, None]
+    kk, kc = key.kind[..., None, :], key.chunk[..., None, :]
     sees_cond = kk == Kind.COND
     cond_q = (qk == Kind.COND) & sees_cond
     clean_q = (qk == Kind.CLEAN) & (sees_cond | ((kk == Kind.CLEAN) & (kc <= qc)))
@@ -106,12 +162,14 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("freqs_sin", torch.cat(sin, dim=1).float(), persistent=False)
 
     def forward(self, pos: Tensor) -> tuple[Tensor, Tensor]:
-        """(L, 3) positions -> cos, sin shaped (1, L, 1, head_dim)."""
+        """(L, 3) or (B, L, 3) positions -> cos, sin shaped (1 or B, L, 1, head_dim)."""
         parts_cos = self.freqs_cos.split(self.split, dim=1)
         parts_sin = self.freqs_sin.split(self.split, dim=1)
-        cos = torch.cat([parts_cos[i][pos[:, i]] for i in range(3)], dim=-1)
-        sin = torch.cat([parts_sin[i][pos[:, i]] for i in range(3)], dim=-1)
-        return cos[None, :, None, :], sin[None, :, None, :]
+        cos = torch.cat([parts_cos[i][pos[..., i]] for i in range(3)], dim=-1)
+        sin = torch.cat([parts_sin[i][pos[..., i]] for i in range(3)], dim=-1)
+        if pos.ndim == 2:
+            cos, sin = cos[None], sin[None]
+        return cos[:, :, None, :], sin[:, :, None, :]
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -157,7 +215,12 @@ class Attention(nn.Module):
         if rope is not None:
             q = apply_rotary(q, *rope)
         out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), attn_mask=mask
+            q.transpose(1, 2),
+            keys.transpose(1, 2),
+            values.transpose(1, 2),
+            attn_mask=mask[:, None]
+            if mask is not None and mask.ndim == 3
+            else mask,  # (B, Lq, Lk): per sample
         )
         out = out.transpose(1, 2).flatten(2, 3).type_as(x)
         return cast(Tensor, self.to_out[1](self.to_out[0](out)))
@@ -224,6 +287,30 @@ class KVCache:
     def nbytes(self) -> int:
         tensors = self.keys + self.values + [t for kv in self.text_kv or [] for t in kv]
         return sum(t.numel() * t.element_size() for t in tensors)
+
+    @staticmethod
+    def stack(caches: list[KVCache]) -> KVCache:
+        """One batch of single-sample caches of any lengths; shorter ones padded with PAD tokens."""
+        length = max(c.num_tokens for c in caches)
+        layers = len(caches[0].keys)
+        keys, values, metas = [], [], []
+        for c in caches:
+            assert c.meta is not None and not c.meta.batched
+            pad = length - c.num_tokens
+            keys.append([F.pad(k, (0, 0, 0, 0, 0, pad)) for k in c.keys])
+            values.append([F.pad(v, (0, 0, 0, 0, 0, pad)) for v in c.values])
+            metas.append(
+                TokenMeta(
+                    F.pad(c.meta.kind, (0, pad), value=int(Kind.PAD)),
+                    F.pad(c.meta.chunk, (0, pad)),
+                    F.pad(c.meta.pos, (0, 0, 0, pad)),
+                )
+            )
+        return KVCache(
+            keys=[torch.cat([k[i] for k in keys]) for i in range(layers)],
+            values=[torch.cat([v[i] for v in values]) for i in range(layers)],
+            meta=TokenMeta.stack(metas),
+        )
 
 
 class ConditionEmbedder(nn.Module):
@@ -303,18 +390,7 @@ class WorldActionModel(nn.Module):
         x = self.patch_embedding(latents)
         _, _, f, h, w = x.shape
         tokens = x.flatten(2).transpose(1, 2).contiguous()
-        grid = torch.stack(
-            torch.meshgrid(
-                torch.arange(first_frame, first_frame + f), torch.arange(h), torch.arange(w), indexing="ij"
-            ),
-            dim=-1,
-        ).reshape(-1, 3)
-        per_frame = (
-            torch.as_tensor(chunk).expand(f) if torch.as_tensor(chunk).ndim == 0 else torch.as_tensor(chunk)
-        )
-        chunks = per_frame.repeat_interleave(h * w)
-        meta = TokenMeta(torch.full((f * h * w,), int(kind)), chunks.long(), grid.long())
-        return tokens, self._to_device(meta, tokens.device)
+        return tokens, self._to_device(video_meta(f, h, w, first_frame, kind, chunk), tokens.device)
 
     @staticmethod
     def _to_device(meta: TokenMeta, device: torch.device) -> TokenMeta:
@@ -334,22 +410,14 @@ class WorldActionModel(nn.Module):
         b, a, _ = actions.shape
         inp = torch.cat([actions * action_mask[:, None, :], action_mask[:, None, :].expand(b, a, -1)], dim=-1)
         tokens = self._per_embodiment(self.action_encoders, embodiments, inp) + self.action_pos[:a]
-        meta = TokenMeta(
-            torch.full((a,), int(Kind.NOISY)),
-            torch.full((a,), chunk),
-            torch.tensor([[frame, 0, 0]]).repeat(a, 1),
-        )
-        return tokens, self._to_device(meta, tokens.device)
+        return tokens, self._to_device(action_meta(a, chunk, frame), tokens.device)
 
     def state_tokens(
         self, state: Tensor, state_mask: Tensor, embodiments: list[str], chunk: int, frame: int
     ) -> tuple[Tensor, TokenMeta]:
         inp = torch.cat([state * state_mask, state_mask], dim=-1)[:, None, :]
         tokens = self._per_embodiment(self.state_encoders, embodiments, inp)
-        meta = TokenMeta(
-            torch.tensor([int(Kind.STATE)]), torch.tensor([chunk]), torch.tensor([[frame, 0, 0]])
-        )
-        return tokens, self._to_device(meta, tokens.device)
+        return tokens, self._to_device(state_meta(chunk, frame), tokens.device)
 
     def text_context(
         self, text: Tensor, text_mask: Tensor | None
