@@ -11,16 +11,19 @@ the next chunk.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 import zlib
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from torch import Tensor
 
 from wamfleet.model.normalize import QuantileNormalizer, dim_mask, pad_last
 from wamfleet.model.policy import LoadedPolicy
@@ -55,6 +58,17 @@ class InferResult:
     chunk_index: int
     policy_version: str
     timing: ServerTiming
+
+
+@dataclass
+class _Pending:
+    request: InferRequest
+    images: NDArray[np.uint8]
+    state: NDArray[np.float32]
+    started: float
+    validated: float
+    started_batch: float = 0.0
+    future: Future[InferResult] = field(default_factory=Future)
 
 
 @dataclass
@@ -132,8 +146,14 @@ class PolicyEngine:
         embodiment: str | None = None,
         max_session_bytes: int = 2 * 1024**3,
         session_ttl_s: float = 600.0,
+        max_batch: int = 8,
+        max_wait_ms: float = 5.0,
         seed: int = 0,
     ) -> None:
+        if max_batch < 1 or max_wait_ms < 0:
+            raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000
         self.policy = policy
         self.version = version
         names = list(policy.embodiments)
@@ -159,6 +179,12 @@ class PolicyEngine:
         cfg = self.cfg
         self._action_mask = dim_mask(self.spec.action_dim, cfg.max_action_dim).to(self._device)
         self._state_mask = dim_mask(self.spec.state_dim, cfg.max_state_dim).to(self._device)
+        self._queue: queue.Queue[_Pending] = queue.Queue()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        if max_batch > 1:
+            self._thread = threading.Thread(target=self._worker, name="wamfleet-batcher", daemon=True)
+            self._thread.start()
 
     def metadata(self) -> PolicyMetadata:
         return PolicyMetadata(
@@ -264,51 +290,129 @@ class PolicyEngine:
         )
         return result
 
-    @torch.no_grad()
     def _infer(self, request: InferRequest) -> InferResult:
         started = time.perf_counter()
         images, state = self.validate(request)
-        validated = time.perf_counter()
+        pending = _Pending(request, images, state, started, time.perf_counter())
+        if self.max_batch == 1:
+            self._run_batch([pending])
+        else:
+            self._queue.put(pending)
+        return pending.future.result()
+
+    def _worker(self) -> None:
+        """Collects up to max_batch requests (at most max_wait after the first), then runs them."""
+        carry: list[_Pending] = []
+        while not self._stopping.is_set():
+            batch, carry = carry, []
+            if not batch:
+                try:
+                    batch.append(self._queue.get(timeout=0.1))
+                except queue.Empty:
+                    continue
+            deadline = time.perf_counter() + self.max_wait_s
+            while len(batch) < self.max_batch:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                # One session's requests run in order: a second one waits for the next batch.
+                if any(p.request.session_id == item.request.session_id for p in batch):
+                    carry.append(item)
+                else:
+                    batch.append(item)
+            self._run_batch(batch)
+
+    @torch.no_grad()
+    def _run_batch(self, batch: list[_Pending]) -> None:
         with self._lock:
-            queued = time.perf_counter()
-            session = None if request.reset else self.sessions.get(request.session_id)
-            if session is not None and session.instruction != request.instruction:
-                session = None  # a new prompt starts a new session, as in DreamZero
-            if session is not None and session.awaiting_observation:
-                self._observe(session, images)
-                session.awaiting_observation = False
-                if self.sampler.needs_reset(session.sampler):
-                    session = None  # context full: restart from the latest real frame
-            if session is None:
-                session = self._start(request, images)
-                self.sessions.put(request.session_id, session)
-            encoded = time.perf_counter()
-            norm_state = self.state_norm.normalize(state) if self.state_norm else state
-            state_t = pad_last(norm_state, self.cfg.max_state_dim)[None].to(self._device)
-            # Noise seeded by (session, chunk): a request gives the same chunk on any protocol or replica.
-            key = f"{self.seed}/{request.session_id}/{session.chunk_index}"
-            noise = torch.Generator().manual_seed(zlib.crc32(key.encode()))
-            pred = self.sampler.predict(
-                session.sampler, state_t, self._state_mask, self._action_mask, [self.embodiment_name], noise
-            )
-            actions = pred.actions[0, :, : self.spec.action_dim].float().cpu().numpy()
-            if self.action_norm is not None:
-                actions = self.action_norm.denormalize(actions)
-            session.awaiting_observation = True
-            session.chunk_index += 1
-            chunk_index = session.chunk_index
-            self.sessions.shrink(keep=request.session_id)
-        done = time.perf_counter()
-        timing = ServerTiming(
-            validate_ms=(validated - started) * 1000,
-            queue_ms=(queued - validated) * 1000,
-            encode_ms=(encoded - queued) * 1000,
-            denoise_ms=(done - encoded) * 1000,
-            total_ms=(done - started) * 1000,
-        )
-        if not np.all(np.isfinite(actions)):
-            log.error("session %s: non-finite actions", request.session_id)
-        return InferResult(actions.astype(np.float32), request.session_id, chunk_index, self.version, timing)
+            ready: list[tuple[_Pending, EngineSession, Tensor, float]] = []
+            for pending in batch:
+                try:
+                    pending.started_batch = time.perf_counter()
+                    session = self._prepare(pending)
+                    norm = self.state_norm.normalize(pending.state) if self.state_norm else pending.state
+                    ready.append(
+                        (pending, session, pad_last(norm, self.cfg.max_state_dim), time.perf_counter())
+                    )
+                except Exception as exc:  # noqa: BLE001 - one bad request must not sink the batch
+                    pending.future.set_exception(exc)
+            if not ready:
+                return
+            try:
+                pred = self._predict(
+                    [r[1] for r in ready], [r[0].request.session_id for r in ready], [r[2] for r in ready]
+                )
+            except Exception as exc:  # noqa: BLE001
+                for pending, *_ in ready:
+                    pending.future.set_exception(exc)
+                return
+            done = time.perf_counter()
+            for i, (pending, session, _, encoded) in enumerate(ready):
+                actions = pred[i, :, : self.spec.action_dim].float().cpu().numpy()
+                if self.action_norm is not None:
+                    actions = self.action_norm.denormalize(actions)
+                session.awaiting_observation = True
+                session.chunk_index += 1
+                timing = ServerTiming(
+                    validate_ms=(pending.validated - pending.started) * 1000,
+                    queue_ms=(pending.started_batch - pending.validated) * 1000,
+                    encode_ms=(encoded - pending.started_batch) * 1000,
+                    denoise_ms=(done - encoded) * 1000,
+                    total_ms=(done - pending.started) * 1000,
+                    batch_size=len(ready),
+                )
+                result = InferResult(
+                    actions.astype(np.float32),
+                    pending.request.session_id,
+                    session.chunk_index,
+                    self.version,
+                    timing,
+                )
+                pending.future.set_result(result)
+            self.sessions.shrink(keep=ready[-1][0].request.session_id)
+
+    def _prepare(self, pending: _Pending) -> EngineSession:
+        """The request's session, with the frames of the chunk it executed written into the cache."""
+        request, images = pending.request, pending.images
+        session = None if request.reset else self.sessions.get(request.session_id)
+        if session is not None and session.instruction != request.instruction:
+            session = None  # a new prompt starts a new session, as in DreamZero
+        if session is not None and session.awaiting_observation:
+            self._observe(session, images)
+            session.awaiting_observation = False
+            if self.sampler.needs_reset(session.sampler):
+                session = None  # context full: restart from the latest real frame
+        if session is None:
+            session = self._start(request, images)
+            self.sessions.put(request.session_id, session)
+        return session
+
+    def _predict(self, sessions: list[EngineSession], ids: list[str], states: list[Tensor]) -> Tensor:
+        """Denoises every session's next chunk at once; noise seeded by (session, chunk) so a
+        request gives the same chunk on any protocol, replica or batch."""
+        gens: list[torch.Generator | None] = [
+            torch.Generator().manual_seed(zlib.crc32(f"{self.seed}/{sid}/{s.chunk_index}".encode()))
+            for sid, s in zip(ids, sessions, strict=True)
+        ]
+        state = torch.stack(states).to(self._device)
+        n = len(sessions)
+        masks = (self._state_mask.expand(n, -1), self._action_mask.expand(n, -1))
+        embodiments = [self.embodiment_name] * n
+        if n == 1:
+            return self.sampler.predict(sessions[0].sampler, state, *masks, embodiments, gens[0]).actions
+        return self.sampler.predict_batch(
+            [s.sampler for s in sessions], state, *masks, embodiments, gens
+        ).actions
+
+    def close(self) -> None:
+        """Stops the batching thread (after the batch in flight)."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
     def reset(self, session_id: str) -> None:
         with self._lock:

@@ -7,6 +7,7 @@ instruction BYTES [1], session_id BYTES [1], reset BOOL [1] (optional). Output: 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,11 @@ class WAMPredictor(Model):
         self.ready = True
         return True
 
+    def stop(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+        super().stop()
+
     def _warm_up(self) -> None:
         """One inference before reporting ready, so the first robot does not pay for lazy setup."""
         assert self.engine is not None
@@ -100,7 +106,8 @@ class WAMPredictor(Model):
                 state=inputs["state"].as_numpy(),
                 reset=reset,
             )
-            result = self.engine.infer(request)
+            # The engine blocks (it batches across callers); keep the event loop free meanwhile.
+            result = await asyncio.to_thread(self.engine.infer, request)
         except RequestError as exc:
             raise InvalidInput(str(exc)) from None
         except (ValueError, TypeError) as exc:

@@ -8,7 +8,7 @@ import torch
 
 from tests.unit.serving.policy_support import tiny_policy
 from wamfleet.model.policy import load_policy
-from wamfleet.serving.engine import InferRequest, PolicyEngine, RequestError
+from wamfleet.serving.engine import InferRequest, InferResult, PolicyEngine, RequestError
 
 torch.set_num_threads(1)
 
@@ -106,3 +106,30 @@ def test_metadata_describes_the_robot(engine: PolicyEngine) -> None:
     meta = engine.metadata()
     assert (meta.state_dim, meta.action_dim, meta.actions_per_chunk) == (39, 4, 8)
     assert meta.cameras == ["exterior", "wrist"]
+
+
+def test_concurrent_sessions_are_batched_and_each_caller_gets_its_own_result(tmp_path: Path) -> None:
+    import threading
+
+    policy = load_policy(tiny_policy(tmp_path / "p"))
+    batched = PolicyEngine(policy, version="v", max_batch=8, max_wait_ms=200)
+    single = PolicyEngine(policy, version="v", max_batch=1)
+    results: dict[str, InferResult] = {}
+
+    def call(sid: str) -> None:
+        results[sid] = batched.infer(request(sid, state=np.full(39, float(len(sid)), np.float32)))
+
+    try:
+        threads = [threading.Thread(target=call, args=(f"robot-{'x' * i}",)) for i in range(1, 6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        sizes = [r.timing.batch_size for r in results.values()]
+        assert max(sizes) > 1  # they really were denoised together
+        for sid, result in results.items():
+            alone = single.infer(request(sid, state=np.full(39, float(len(sid)), np.float32)))
+            assert result.session_id == sid
+            np.testing.assert_allclose(result.actions, alone.actions, atol=1e-4)
+    finally:
+        batched.close()
