@@ -181,10 +181,9 @@ class PolicyEngine:
         self._state_mask = dim_mask(self.spec.state_dim, cfg.max_state_dim).to(self._device)
         self._queue: queue.Queue[_Pending] = queue.Queue()
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        if max_batch > 1:
-            self._thread = threading.Thread(target=self._worker, name="wamfleet-batcher", daemon=True)
-            self._thread.start()
+        # One worker owns the model: requests queue up and are denoised in batches.
+        self._thread = threading.Thread(target=self._worker, name="wamfleet-batcher", daemon=True)
+        self._thread.start()
 
     def metadata(self) -> PolicyMetadata:
         return PolicyMetadata(
@@ -261,44 +260,47 @@ class PolicyEngine:
         session.last_frame = images[-1].copy()
 
     def infer(self, request: InferRequest) -> InferResult:
-        """Validates, updates the session and returns the next action chunk; counted and logged."""
+        """Blocks until the request's chunk is ready (see `submit`)."""
+        return self.submit(request).result()
+
+    def submit(self, request: InferRequest) -> Future[InferResult]:
+        """Validates at once (RequestError names the input) and queues the request for the next batch.
+
+        Async callers await the returned future (asyncio.wrap_future) without tying up a thread.
+        """
+        started = time.perf_counter()
         try:
-            result = self._infer(request)
+            images, state = self.validate(request)
         except RequestError:
             metrics.REQUESTS.labels("bad_request").inc()
             raise
-        except Exception:
+        pending = _Pending(request, images, state, started, time.perf_counter())
+        pending.future.add_done_callback(self._account)
+        self._queue.put(pending)
+        return pending.future
+
+    def _account(self, future: Future[InferResult]) -> None:
+        """Metrics and one log line per finished request."""
+        if future.exception() is not None:
             metrics.REQUESTS.labels("error").inc()
-            log.exception("session=%s inference failed", request.session_id)
-            raise
+            return
+        result = future.result()
         metrics.REQUESTS.labels("ok").inc()
         metrics.CHUNKS.inc()
         metrics.BATCH_SIZE.observe(result.timing.batch_size)
         for stage in ("validate", "queue", "encode", "denoise", "total"):
             metrics.STAGE_SECONDS.labels(stage).observe(getattr(result.timing, f"{stage}_ms") / 1000)
         metrics.SESSIONS.set(len(self.sessions))
-        metrics.SESSION_BYTES.set(self.sessions.nbytes())
         log.info(
-            "session=%s chunk=%d version=%s total_ms=%.1f encode_ms=%.1f denoise_ms=%.1f sessions=%d",
+            "session=%s chunk=%d version=%s total_ms=%.1f encode_ms=%.1f denoise_ms=%.1f batch=%d",
             result.session_id,
             result.chunk_index,
             result.policy_version,
             result.timing.total_ms,
             result.timing.encode_ms,
             result.timing.denoise_ms,
-            len(self.sessions),
+            result.timing.batch_size,
         )
-        return result
-
-    def _infer(self, request: InferRequest) -> InferResult:
-        started = time.perf_counter()
-        images, state = self.validate(request)
-        pending = _Pending(request, images, state, started, time.perf_counter())
-        if self.max_batch == 1:
-            self._run_batch([pending])
-        else:
-            self._queue.put(pending)
-        return pending.future.result()
 
     def _worker(self) -> None:
         """Collects up to max_batch requests (at most max_wait after the first), then runs them."""
@@ -374,6 +376,7 @@ class PolicyEngine:
                 )
                 pending.future.set_result(result)
             self.sessions.shrink(keep=ready[-1][0].request.session_id)
+            metrics.SESSION_BYTES.set(self.sessions.nbytes())
 
     def _prepare(self, pending: _Pending) -> EngineSession:
         """The request's session, with the frames of the chunk it executed written into the cache."""
@@ -411,8 +414,7 @@ class PolicyEngine:
     def close(self) -> None:
         """Stops the batching thread (after the batch in flight)."""
         self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._thread.join(timeout=10)
 
     def reset(self, session_id: str) -> None:
         with self._lock:

@@ -54,8 +54,12 @@ class WAMPredictor(Model):
         embodiment: str | None = None,
         device: str = "cpu",
         max_session_bytes: int = 2 * 1024**3,
+        max_batch: int = 8,
+        max_wait_ms: float = 5.0,
     ) -> None:
         super().__init__(name)
+        self.max_batch = max_batch
+        self.max_wait_ms = max_wait_ms
         self.location = location
         self.version = version
         self.embodiment = embodiment
@@ -67,7 +71,12 @@ class WAMPredictor(Model):
         policy = load_policy(resolve_policy(self.location), self.device)
         version = self.version or policy.metadata.get("version") or policy.sha256[:12]
         self.engine = PolicyEngine(
-            policy, version=str(version), embodiment=self.embodiment, max_session_bytes=self.max_session_bytes
+            policy,
+            version=str(version),
+            embodiment=self.embodiment,
+            max_session_bytes=self.max_session_bytes,
+            max_batch=self.max_batch,
+            max_wait_ms=self.max_wait_ms,
         )
         self._warm_up()
         self.ready = True
@@ -106,8 +115,8 @@ class WAMPredictor(Model):
                 state=inputs["state"].as_numpy(),
                 reset=reset,
             )
-            # The engine blocks (it batches across callers); keep the event loop free meanwhile.
-            result = await asyncio.to_thread(self.engine.infer, request)
+            # The engine batches across callers; await its future, keeping the event loop free.
+            result = await asyncio.wrap_future(self.engine.submit(request))
         except RequestError as exc:
             raise InvalidInput(str(exc)) from None
         except (ValueError, TypeError) as exc:

@@ -8,6 +8,7 @@ raises it as an error) and the connection stays usable.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Callable
@@ -15,7 +16,6 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect, status
-from starlette.concurrency import run_in_threadpool
 
 from wamfleet.platform.contracts.protocol import MAX_MESSAGE_BYTES, packb, unpackb
 from wamfleet.serving.engine import InferRequest, PolicyEngine, RequestError
@@ -87,7 +87,8 @@ async def _answer(engine: PolicyEngine, data: bytes) -> bytes | str:
             return bytes(packb({"reset": True, "session_id": session}))
         if endpoint != "infer":
             return f"endpoint: unknown {endpoint!r}; use 'infer' or 'reset'"
-        result = await run_in_threadpool(engine.infer, _request_from(obs))
+        # Validation happens here; the chunk is awaited without holding a thread.
+        result = await asyncio.wrap_future(engine.submit(_request_from(obs)))
     except RequestError as exc:
         return str(exc)
     reply = {

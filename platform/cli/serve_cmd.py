@@ -27,12 +27,22 @@ def serve(
         str | None, typer.Option(help="Version reported to robots (default: from the policy).")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    max_batch: Annotated[int, typer.Option(min=1, help="Sessions denoised together (1: no batching).")] = 8,
+    max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a request waits for others.")] = 5.0,
 ) -> None:
     """Serve a policy for robots in closed loop."""
     from wamfleet.serving.predictor import WAMPredictor
     from wamfleet.serving.server import serve as run
 
-    predictor = WAMPredictor(name, policy, version=version, embodiment=embodiment, device=device)
+    predictor = WAMPredictor(
+        name,
+        policy,
+        version=version,
+        embodiment=embodiment,
+        device=device,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+    )
     try:
         run(predictor, host=host, port=port, api_key=api_key)
     except ValueError as exc:
