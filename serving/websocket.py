@@ -23,9 +23,21 @@ from wamfleet.serving.engine import InferRequest, PolicyEngine, RequestError
 log = logging.getLogger(__name__)
 
 
+def _text_field(obs: dict[str, Any], name: str, default: str | None = None) -> str | None:
+    value = obs.get(name, default)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if value is not None and not isinstance(value, str):
+        raise RequestError(f"{name}: expected a string, got {type(value).__name__}")
+    return value
+
+
 def _request_from(obs: dict[str, Any]) -> InferRequest:
-    session = obs.get("session_id", "default")
-    instruction = obs.get("instruction", obs.get("prompt"))
+    session = _text_field(obs, "session_id", "default")
+    instruction = _text_field(obs, "instruction") or _text_field(obs, "prompt")
+    reset = obs.get("reset", False)
+    if not isinstance(reset, bool | int | np.bool_):
+        raise RequestError(f"reset: expected a boolean, got {type(reset).__name__}")
     for name, value in (
         ("images", obs.get("images")),
         ("state", obs.get("state")),
@@ -34,11 +46,11 @@ def _request_from(obs: dict[str, Any]) -> InferRequest:
         if value is None:
             raise RequestError(f"{name}: missing from the observation")
     return InferRequest(
-        session_id=session if isinstance(session, str) else str(session),
-        instruction=instruction,  # type: ignore[arg-type]
+        session_id=session or "default",
+        instruction=instruction or "",
         images=obs["images"],
         state=obs["state"],
-        reset=bool(obs.get("reset", False)),
+        reset=bool(reset),
     )
 
 
@@ -78,11 +90,11 @@ async def _answer(engine: PolicyEngine, data: bytes) -> bytes | str:
         return f"message: not msgpack-numpy ({type(exc).__name__}: {exc})"
     if not isinstance(obs, dict):
         return "message: expected an observation dict"
-    obs = {k.decode() if isinstance(k, bytes) else k: v for k, v in obs.items()}
-    endpoint = obs.get("endpoint", "infer")
+    obs = {k.decode(errors="replace") if isinstance(k, bytes) else str(k): v for k, v in obs.items()}
     try:
+        endpoint = _text_field(obs, "endpoint", "infer")
         if endpoint == "reset":
-            session = str(obs.get("session_id", "default"))
+            session = _text_field(obs, "session_id", "default") or "default"
             engine.reset(session)
             return bytes(packb({"reset": True, "session_id": session}))
         if endpoint != "infer":
