@@ -117,3 +117,68 @@ def import_video_cmd(
         if str(manifest.episode_id) not in report.committed:
             fail(f"upload did not complete (rejected {report.rejected}, deferred {report.deferred})", code=1)
         console.print("uploaded and committed")
+
+
+@app.command("drive")
+def drive_cmd(
+    endpoint: Annotated[
+        str, typer.Option(help="Policy server: ws://host:port (openpi) or http://host:port (v2).")
+    ],
+    task: Annotated[str, typer.Option(help="Meta-World task, e.g. reach-v3.")] = "reach-v3",
+    episodes: Annotated[int, typer.Option(min=1, help="Episodes to drive.")] = 1,
+    max_steps: Annotated[int, typer.Option(min=1, help="Control steps per episode at most.")] = 150,
+    spool_dir: SpoolDir = None,
+    robot_id: Annotated[str | None, typer.Option(help="This robot's id (WAMFLEET_AGENT_ROBOT_ID).")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="WAMFLEET_POLICY_API_KEY", help="The policy server's Api-Key.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seeds the episodes' object layouts.")] = 0,
+    image_size: Annotated[int, typer.Option(min=8, help="Camera image side in pixels.")] = 96,
+    merge: Annotated[str, typer.Option(help="Overlapping chunks: latest or weighted.")] = "latest",
+    timeout_s: Annotated[float, typer.Option(help="Per-request timeout; then the robot holds still.")] = 5.0,
+) -> None:
+    """Drive a simulated arm with a served policy; record autonomous episodes for `agent run`."""
+    settings = agent_settings(spool_dir=spool_dir, robot_id=robot_id)
+    if settings.robot_id is None:
+        fail("robot_id: pass --robot-id or set WAMFLEET_AGENT_ROBOT_ID")
+    if merge not in ("latest", "weighted"):
+        fail(f"--merge: expected latest or weighted, got {merge!r}")
+    from wamfleet.fleet_agent.sim.drive import DriveResult, drive
+    from wamfleet.fleet_agent.sim.metaworld_robot import known_task
+
+    if not known_task(task):
+        fail(f"--task: unknown Meta-World task {task!r}")
+
+    def report(result: DriveResult) -> None:
+        stats = result.stats
+        where = f"episode {result.episode_id}" if result.episode_id else "not recorded (no policy answer)"
+        console.print(
+            f"{result.task} seed {result.seed}: {where}; success {result.outcome.success}, "
+            f"progress {result.outcome.progress or 0.0:.2f}, policy {result.policy_version or '-'}, "
+            f"{stats.steps} steps, {stats.chunks} chunks, {stats.safe_actions} safe actions",
+            highlight=False,
+        )
+
+    try:
+        results = drive(
+            endpoint,
+            task,
+            episodes,
+            spool_dir=settings.spool_dir,
+            robot_id=settings.robot_id,
+            api_key=api_key,
+            max_steps=max_steps,
+            seed=seed,
+            image_size=image_size,
+            merge="weighted" if merge == "weighted" else "latest",
+            timeout_s=timeout_s,
+            on_episode=report,
+        )
+    except ValueError as exc:
+        fail(str(exc))
+    recorded = sum(1 for r in results if r.episode_id)
+    console.print(
+        f"recorded {recorded} of {len(results)} episodes into {settings.spool_dir}/ready", highlight=False
+    )
+    if recorded == 0:
+        raise typer.Exit(1)

@@ -13,6 +13,7 @@ from wamfleet.platform.cli import (
     config_cmd,
     data_cmd,
     demo_cmd,
+    eval_cmd,
     fleet_cmd,
     platform_cmd,
     serve_cmd,
@@ -40,6 +41,7 @@ app.add_typer(data_cmd.app, name="data")
 app.add_typer(platform_cmd.app, name="platform")
 app.add_typer(agent_cmd.app, name="agent")
 app.add_typer(fleet_cmd.app, name="fleet")
+app.add_typer(eval_cmd.app, name="eval")
 app.command("demo")(demo_cmd.demo)
 app.command("serve")(serve_cmd.serve)
 

@@ -1,0 +1,410 @@
+"""Closed-loop control on action chunks: execute one chunk while the next is being computed.
+
+A World Action Model answers a whole chunk of actions per request, and a request takes longer
+than one control period. The runner keeps a queue of future actions indexed by control step;
+when fewer than `refill_threshold` remain, it sends the current observation in a background
+thread and keeps executing. A reply for the observation at step s proposes actions for steps
+s, s+1, ...; proposals for steps already executed are dropped, and the rest are merged with
+the queue (as LeRobot's async inference does): `latest` lets the newest chunk win, `weighted`
+averages every chunk's proposal for a step with weights exp(-decay * age in chunks).
+
+The frames seen while a chunk runs are kept at the server's video rate (one every
+actions_per_chunk / video_frames_per_chunk steps) and sent with the next request, so the
+server writes what really happened into its KV cache instead of its own prediction.
+
+A robot must never stall on the network: a timeout, an error or an empty queue makes the
+robot hold a safe action for that step (zeros by default: "hold still" for delta actions),
+and every such step is reported with its reason.
+
+`realtime=False` runs on a simulated clock for simulation: no sleeping, each step advances
+the clock by one control period, and a reply lands at the simulated step its measured latency
+says it would have, so results do not depend on how fast the simulator runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from wamfleet.fleet_agent.policy_client import (
+    ActionChunk,
+    PolicyClient,
+    PolicyError,
+    PolicyTimeout,
+    PolicyUnavailable,
+)
+from wamfleet.platform.contracts.protocol import PolicyMetadata
+
+log = logging.getLogger(__name__)
+
+Merge = Literal["latest", "weighted"]
+Reason = Literal["timeout", "unavailable", "error", "empty_queue"]
+SafeAction = ArrayLike | Callable[[NDArray[np.float32]], ArrayLike]
+
+
+class Robot(Protocol):
+    """What the runner drives: a camera/state reading and an actuator, one call per step."""
+
+    def observe(self) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+        """Images uint8 [views, H, W, 3] in the policy's camera order, and the state vector."""
+        ...
+
+    def act(self, action: NDArray[np.float32]) -> None:
+        """Applies one action for one control period."""
+        ...
+
+
+@dataclass(frozen=True)
+class RunnerEvent:
+    """A safe action held at `step`, or a request that failed there; `reason` says why."""
+
+    step: int
+    reason: Reason
+    detail: str
+
+
+@dataclass
+class EpisodeRunStats:
+    steps: int = 0
+    elapsed_s: float = 0.0  # on the runner's clock (simulated when realtime=False)
+    target_rate_hz: float = 0.0
+    requests: int = 0
+    chunks: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+    safe_actions: int = 0
+    events: list[RunnerEvent] = field(default_factory=list)  # one per safe action
+    request_failures: list[RunnerEvent] = field(default_factory=list)
+    policy_versions: list[str] = field(default_factory=list)  # distinct, in order of arrival
+    request_steps: list[int] = field(default_factory=list)  # the observation step of each request
+    overruns: int = 0  # realtime steps that took longer than a control period
+
+    @property
+    def control_rate_hz(self) -> float:
+        return self.steps / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def latency_p50_s(self) -> float | None:
+        return percentile(self.latencies_s, 50)
+
+    @property
+    def latency_p99_s(self) -> float | None:
+        return percentile(self.latencies_s, 99)
+
+    @property
+    def policy_version(self) -> str | None:
+        return self.policy_versions[0] if self.policy_versions else None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+class _Clock(Protocol):
+    def now(self) -> float: ...
+    def sleep_until(self, t: float) -> None: ...
+
+
+class SimClock:
+    """Simulated time: sleeping just moves the clock."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep_until(self, t: float) -> None:
+        self.t = max(self.t, t)
+
+
+class RealClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep_until(self, t: float) -> None:
+        delay = t - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+@dataclass
+class _Reply:
+    chunk: ActionChunk | None
+    reason: Reason | None
+    detail: str
+    elapsed_s: float  # real seconds the call took
+
+    @property
+    def latency_s(self) -> float:
+        return self.chunk.latency_s if self.chunk is not None else self.elapsed_s
+
+
+@dataclass
+class _InFlight:
+    future: Future[_Reply]
+    obs_step: int
+    sent_at: float  # runner clock
+
+
+class ActionChunkRunner:
+    """Runs episodes of `robot` under `client` at the robot's control rate (see module doc)."""
+
+    def __init__(
+        self,
+        client: PolicyClient,
+        robot: Robot,
+        *,
+        control_hz: float | None = None,
+        action_dim: int | None = None,
+        refill_threshold: int | None = None,
+        merge: Merge = "latest",
+        decay: float = 1.0,
+        safe_action: SafeAction | None = None,
+        realtime: bool = False,
+        retry_interval_s: float = 0.5,
+    ) -> None:
+        if merge not in ("latest", "weighted"):
+            raise ValueError(f"merge: expected 'latest' or 'weighted', got {merge!r}")
+        if decay < 0:
+            raise ValueError("decay: must be >= 0")
+        self.client = client
+        self.robot = robot
+        self.control_hz = control_hz
+        self.action_dim = action_dim
+        self.refill_threshold = refill_threshold
+        self.merge = merge
+        self.decay = decay
+        self.safe_action = safe_action
+        self.realtime = realtime
+        self.retry_interval_s = retry_interval_s
+        self.metadata: PolicyMetadata | None = None
+
+    # Settings that come from the server unless given --------------------------------------------
+
+    def _learn_metadata(self) -> None:
+        try:
+            self.metadata = self.client.metadata()
+        except PolicyError as exc:
+            log.debug("policy metadata not available yet: %s", exc)
+
+    def _rate(self) -> float:
+        if self.control_hz:
+            return self.control_hz
+        if self.metadata is not None and self.metadata.action_rate_hz > 0:
+            return self.metadata.action_rate_hz
+        raise PolicyError("control_hz: the server did not say its action rate; pass control_hz")
+
+    def _threshold(self) -> int:
+        if self.refill_threshold is not None:
+            return self.refill_threshold
+        if self.metadata is not None:
+            return max(1, self.metadata.actions_per_chunk // 2)
+        return 1
+
+    def _stride(self) -> int:
+        meta = self.metadata
+        if meta is None or meta.video_frames_per_chunk <= 0:
+            return 1
+        return max(1, meta.actions_per_chunk // meta.video_frames_per_chunk)
+
+    def _frames_kept(self) -> int:
+        meta = self.metadata
+        return max(1, meta.video_frames_per_chunk) if meta is not None else 1
+
+    def _safe(self, state: NDArray[np.float32]) -> NDArray[np.float32]:
+        if callable(self.safe_action):
+            return np.asarray(self.safe_action(state), dtype=np.float32)
+        if self.safe_action is not None:
+            return np.asarray(self.safe_action, dtype=np.float32)
+        dim = self.action_dim or (self.metadata.action_dim if self.metadata is not None else None)
+        if dim is None:
+            raise PolicyError("action_dim: unknown before the first reply; pass action_dim or safe_action")
+        return np.zeros(dim, np.float32)
+
+    # The episode --------------------------------------------------------------------------------
+
+    def run_episode(
+        self,
+        instruction: str,
+        session_id: str | None = None,
+        max_steps: int = 150,
+        done: Callable[[], bool] | None = None,
+    ) -> EpisodeRunStats:
+        """Runs until `done()` or `max_steps`; the first chunk is awaited before the clock starts."""
+        session = session_id or uuid.uuid4().hex
+        clock: _Clock = RealClock() if self.realtime else SimClock()
+        stats = EpisodeRunStats()
+        # step -> [(chunk number, proposed action)]; only steps not yet executed.
+        plan: dict[int, list[tuple[int, NDArray[np.float32]]]] = {}
+        frames: deque[NDArray[np.uint8]] = deque(maxlen=1)
+        last_request_step = 0
+        retry_at = -math.inf
+        last_failure: RunnerEvent | None = None
+        chunk_seq = 0
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-request")
+        inflight: _InFlight | None = None
+
+        def call(images: NDArray[np.uint8], state: NDArray[np.float32]) -> _Reply:
+            started = time.perf_counter()
+            try:
+                chunk = self.client.infer(session, instruction, images, state)
+                return _Reply(chunk, None, "", time.perf_counter() - started)
+            except PolicyTimeout as exc:
+                return _Reply(None, "timeout", str(exc), time.perf_counter() - started)
+            except PolicyUnavailable as exc:
+                return _Reply(None, "unavailable", str(exc), time.perf_counter() - started)
+            except Exception as exc:  # noqa: BLE001 - a robot holds still rather than crash on any failure
+                detail = str(exc) if isinstance(exc, PolicyError) else f"{type(exc).__name__}: {exc}"
+                return _Reply(None, "error", detail, time.perf_counter() - started)
+
+        def send(step: int, images: NDArray[np.uint8], state: NDArray[np.float32]) -> _InFlight:
+            nonlocal last_request_step, frames
+            if not frames or frames[-1] is not images:
+                frames.append(images)
+            batch = np.stack(list(frames))  # [T, views, H, W, 3], the current frame last
+            frames = deque(maxlen=self._frames_kept())
+            last_request_step = step
+            stats.requests += 1
+            stats.request_steps.append(step)
+            return _InFlight(executor.submit(call, batch, state.copy()), step, clock.now())
+
+        def land(flight: _InFlight, reply: _Reply, next_step: int) -> None:
+            nonlocal chunk_seq, last_failure, retry_at
+            if reply.chunk is None:
+                assert reply.reason is not None
+                last_failure = RunnerEvent(next_step, reply.reason, reply.detail)
+                stats.request_failures.append(last_failure)
+                retry_at = flight.sent_at + reply.latency_s + self.retry_interval_s
+                log.warning("session %s step %d: request failed (%s)", session, next_step, reply.detail)
+                return
+            chunk = reply.chunk
+            last_failure = None
+            stats.chunks += 1
+            stats.latencies_s.append(chunk.latency_s)
+            if chunk.policy_version and chunk.policy_version not in stats.policy_versions:
+                stats.policy_versions.append(chunk.policy_version)
+            if self.metadata is None or self.metadata.policy_version != chunk.policy_version:
+                self._learn_metadata()
+            chunk_seq += 1
+            self._merge(plan, chunk.actions, flight.obs_step, next_step, chunk_seq)
+
+        def arrived(flight: _InFlight, now: float, wait: bool) -> _Reply | None:
+            if not wait and not flight.future.done():
+                return None
+            reply = flight.future.result()
+            if not self.realtime and flight.sent_at + reply.latency_s > now:
+                return None  # simulated: not here yet at this step
+            return reply
+
+        try:
+            self._learn_metadata()
+            try:
+                self.client.reset(session)
+            except PolicyError as exc:
+                stats.request_failures.append(RunnerEvent(0, _reason(exc), str(exc)))
+            images, state = self.robot.observe()
+            # Warm start: the robot is at rest until its first chunk (or the first failure) arrives.
+            first = send(0, images, state)
+            land(first, first.future.result(), 0)
+            dt = 1.0 / self._rate()
+            start = next_tick = clock.now()
+            if last_failure is not None:
+                retry_at = start + self.retry_interval_s
+            for step in range(max_steps):
+                if done is not None and done():
+                    break
+                if step > 0:
+                    images, state = self.robot.observe()
+                now = clock.now()
+                if inflight is not None:
+                    reply = arrived(inflight, now, wait=not self.realtime)
+                    if reply is not None:
+                        land(inflight, reply, step)
+                        inflight = None
+                since = step - last_request_step
+                if since > 0 and since % self._stride() == 0:
+                    frames.append(images)
+                queued = sum(1 for s in plan if s >= step)
+                if inflight is None and queued < self._threshold() and now >= retry_at:
+                    inflight = send(step, images, state)
+                action = self._pop(plan, step)
+                event = None
+                if action is None and last_failure is not None:
+                    event = RunnerEvent(step, last_failure.reason, last_failure.detail)
+                elif action is None:
+                    event = RunnerEvent(step, "empty_queue", "no action planned for this step")
+                elif not np.all(np.isfinite(action)):
+                    event = RunnerEvent(step, "error", "the policy proposed a non-finite action")
+                if event is not None:
+                    action = self._safe(state)
+                    stats.safe_actions += 1
+                    stats.events.append(event)
+                assert action is not None
+                self.robot.act(action)
+                stats.steps += 1
+                next_tick += dt
+                if self.realtime and clock.now() > next_tick:
+                    stats.overruns += 1
+                    next_tick = clock.now()  # late: do not rush to catch up
+                clock.sleep_until(next_tick)
+            stats.elapsed_s = clock.now() - start
+            stats.target_rate_hz = 1.0 / dt
+        finally:
+            executor.shutdown(wait=True)
+        return stats
+
+    # Merging ------------------------------------------------------------------------------------
+
+    def _merge(
+        self,
+        plan: dict[int, list[tuple[int, NDArray[np.float32]]]],
+        actions: NDArray[np.float32],
+        obs_step: int,
+        next_step: int,
+        seq: int,
+    ) -> None:
+        """Merges a chunk for the observation at `obs_step`; steps before `next_step` are past."""
+        fresh: dict[int, list[tuple[int, NDArray[np.float32]]]] = {}
+        for i, action in enumerate(actions):
+            step = obs_step + i
+            if step < next_step:
+                continue
+            proposals = plan.get(step, []) if self.merge == "weighted" else []
+            fresh[step] = [*proposals, (seq, np.asarray(action, dtype=np.float32))]
+        # As in LeRobot: the queue becomes the new chunk's steps; older steps it does not cover go.
+        plan.clear()
+        plan.update(fresh)
+
+    def _pop(
+        self, plan: dict[int, list[tuple[int, NDArray[np.float32]]]], step: int
+    ) -> NDArray[np.float32] | None:
+        for past in [s for s in plan if s < step]:
+            del plan[past]
+        proposals = plan.pop(step, None)
+        if not proposals:
+            return None
+        if len(proposals) == 1:
+            return proposals[0][1]
+        newest = max(seq for seq, _ in proposals)
+        weights = np.array([math.exp(-self.decay * (newest - seq)) for seq, _ in proposals])
+        stacked = np.stack([a for _, a in proposals]).astype(np.float64)
+        merged: NDArray[np.float64] = (weights[:, None] * stacked).sum(axis=0) / weights.sum()
+        return merged.astype(np.float32)
+
+
+def _reason(exc: PolicyError) -> Reason:
+    if isinstance(exc, PolicyTimeout):
+        return "timeout"
+    if isinstance(exc, PolicyUnavailable):
+        return "unavailable"
+    return "error"

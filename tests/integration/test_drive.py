@@ -1,0 +1,219 @@
+"""Robots under a served policy: both clients, an autonomous episode into the spool, closed-loop
+evaluation from the CLI, and a dead server that leaves the robot holding still instead of crashing."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from typer.testing import CliRunner
+
+from tests.integration.test_serving import API_KEY, free_port
+from tests.unit.serving.policy_support import tiny_policy
+from wamfleet.fleet_agent.chunk_runner import ActionChunkRunner
+from wamfleet.fleet_agent.episode_io import EpisodeReader
+from wamfleet.fleet_agent.policy_client import (
+    PolicyError,
+    RestPolicyClient,
+    WebsocketPolicyClient,
+    open_policy_client,
+)
+from wamfleet.fleet_agent.spool import Spool
+from wamfleet.platform.cli.main import app
+
+cli = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`wamfleet serve` on a tiny random policy, on 127.0.0.1 (as in test_serving)."""
+    policy = tiny_policy(tmp_path_factory.mktemp("drive-serve") / "policy")
+    port = free_port()
+    cmd = [sys.executable, "-m", "wamfleet.platform.cli.main", "serve", "--policy", str(policy)]
+    env = os.environ | {"WAMFLEET_SERVE_API_KEY": API_KEY, "OMP_NUM_THREADS": "1"}
+    log = open(tmp_path_factory.mktemp("drive-serve-log") / "serve.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([*cmd, "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"serve exited: {Path(log.name).read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/v2/models/wam/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise RuntimeError("serve did not become ready")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def ws_url(server: str) -> str:
+    return server.replace("http://", "ws://")
+
+
+def observation(frames: int = 0) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+    rng = np.random.default_rng(frames)
+    shape = (frames, 2, 96, 96, 3) if frames else (2, 96, 96, 3)
+    return rng.integers(0, 255, shape, dtype=np.uint8), rng.normal(size=39).astype(np.float32)
+
+
+def test_websocket_client_gets_chunks_and_names_errors(server: str) -> None:
+    with WebsocketPolicyClient(ws_url(server), api_key=API_KEY) as client:
+        meta = client.metadata()
+        assert (meta.action_dim, meta.actions_per_chunk, meta.video_frames_per_chunk) == (4, 8, 4)
+        images, state = observation()
+        first = client.infer("ws-1", "reach the goal", images, state)
+        assert first.actions.shape == (8, 4) and first.actions.dtype == np.float32
+        assert first.policy_version == meta.policy_version and first.chunk_index == 1
+        assert first.latency_s > 0 and first.server_timing["denoise_ms"] > 0
+        frames, _ = observation(4)  # the executed chunk's frames, then the next chunk
+        assert client.infer("ws-1", "reach the goal", frames, state).chunk_index == 2
+        client.reset("ws-1")
+        assert client.infer("ws-1", "reach the goal", images, state).chunk_index == 1
+        with pytest.raises(PolicyError, match="state: expected 39 values"):
+            client.infer("ws-1", "reach the goal", images, state[:3])
+        # The connection survives a refused request (which does not advance the session).
+        assert client.infer("ws-1", "reach the goal", images, state).chunk_index == 2
+        # A dropped connection is reopened once, and the session carries on server-side.
+        assert client._conn is not None
+        client._conn.close()
+        assert client.infer("ws-1", "reach the goal", images, state).chunk_index == 3
+    with pytest.raises(PolicyError, match="HTTP 403"):
+        WebsocketPolicyClient(ws_url(server), api_key="wrong").metadata()
+
+
+def test_rest_client_gets_chunks_and_learns_metadata_from_the_first_reply(server: str) -> None:
+    client = open_policy_client(server, timeout_s=30)
+    assert isinstance(client, RestPolicyClient)
+    with client:
+        with pytest.raises(PolicyError, match="first reply"):
+            client.metadata()
+        images, state = observation()
+        chunk = client.infer("rest-1", "reach the goal", images, state)
+        assert chunk.actions.shape == (8, 4) and chunk.chunk_index == 1 and chunk.policy_version
+        meta = client.metadata()
+        assert (meta.action_dim, meta.actions_per_chunk, meta.state_dim) == (4, 8, 39)
+        assert meta.policy_version == chunk.policy_version
+        client.reset("rest-1")
+        assert client.infer("rest-1", "reach the goal", images, state).chunk_index == 1
+        with pytest.raises(PolicyError, match="HTTP 400: state: expected 39 values, got 3"):
+            client.infer("rest-1", "reach the goal", images, state[:3])
+
+
+def test_agent_drive_records_an_autonomous_episode(server: str, tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    result = cli.invoke(
+        app,
+        [
+            "agent",
+            "drive",
+            "--endpoint",
+            ws_url(server),
+            "--task",
+            "reach-v3",
+            "--episodes",
+            "1",
+            "--max-steps",
+            "20",
+            "--spool-dir",
+            str(spool_dir),
+            "--robot-id",
+            "sim-auto",
+            "--api-key",
+            API_KEY,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "recorded 1 of 1 episodes" in result.output
+    with WebsocketPolicyClient(ws_url(server), api_key=API_KEY) as client:
+        version = client.metadata().policy_version
+    assert f"policy {version}" in result.output
+    ready = list(Spool(spool_dir).ready())
+    assert len(ready) == 1
+    with EpisodeReader(ready[0]) as reader:
+        manifest = reader.manifest
+        assert manifest.source == "autonomous"
+        assert manifest.policy_version == version
+        assert manifest.robot_id == "sim-auto" and manifest.tags["env"] == "reach-v3"
+        assert manifest.outcome.success is not None and manifest.outcome.progress is not None
+        assert manifest.num_frames == 20
+        actions = reader.actions()
+        assert actions is not None and actions.shape == (20, 4)
+        assert np.any(actions != 0)  # the policy acted (a held-still episode is all zeros)
+        assert reader.frame(0)["exterior"].shape == (96, 96, 3)
+
+
+def test_eval_closed_loop_prints_success_rate_latency_and_rate(server: str) -> None:
+    args = ["eval", "closed-loop", "--endpoint", ws_url(server), "--tasks", "reach-v3"]
+    result = cli.invoke(
+        app,
+        [*args, "--episodes", "1", "--max-steps", "16"],
+        env={"WAMFLEET_POLICY_API_KEY": API_KEY, "COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    assert re.search(r"reach-v3: success rate \d+% \(\d/1\)", result.output), result.output
+    assert re.search(r"latency p50 [\d.]+ ms, p99 [\d.]+ ms", result.output), result.output
+    rate = re.search(r"control rate achieved ([\d.]+) Hz \(target 15.0 Hz\)", result.output)
+    assert rate and float(rate.group(1)) == pytest.approx(15.0, abs=0.1), result.output
+
+
+class StillRobot:
+    def __init__(self) -> None:
+        self.actions: list[NDArray[np.float32]] = []
+
+    def observe(self) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+        return np.zeros((2, 96, 96, 3), np.uint8), np.zeros(39, np.float32)
+
+    def act(self, action: NDArray[np.float32]) -> None:
+        self.actions.append(action)
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """Accepts TCP connections (the kernel does) and never answers: every request times out."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield f"ws://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("dead", ["unreachable", "silent"])
+def test_a_dead_server_yields_safe_actions_not_a_crash(dead: str, black_hole: str) -> None:
+    url = f"ws://127.0.0.1:{free_port()}" if dead == "unreachable" else black_hole
+    robot = StillRobot()
+    with WebsocketPolicyClient(url, timeout_s=0.2) as client:
+        runner = ActionChunkRunner(client, robot, control_hz=15.0, action_dim=4, retry_interval_s=0.3)
+        stats = runner.run_episode("reach the goal", "dead", max_steps=12)
+    assert stats.steps == 12 and stats.safe_actions == 12 and stats.chunks == 0
+    assert all(np.array_equal(a, np.zeros(4, np.float32)) for a in robot.actions)
+    expected = "unavailable" if dead == "unreachable" else "timeout"
+    assert {e.reason for e in stats.events} == {expected}
+    assert stats.request_failures and 1 < stats.requests < 12
+
+
+def test_drive_against_a_silent_server_records_nothing_and_returns(black_hole: str, tmp_path: Path) -> None:
+    from wamfleet.fleet_agent.sim.drive import drive
+
+    results = drive(
+        black_hole, "reach-v3", 1, spool_dir=tmp_path, robot_id="sim-dead", max_steps=10, timeout_s=0.2
+    )
+    assert len(results) == 1 and results[0].episode_id is None
+    assert results[0].stats.safe_actions == 10
+    assert Spool(tmp_path).counts() == {"recording": 0, "ready": 0, "uploaded": 0, "rejected": 0}
