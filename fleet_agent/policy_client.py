@@ -306,23 +306,30 @@ class RestPolicyClient(PolicyClient):
             server_timing={k: float(params[k]) for k in TIMING_KEYS if k in params},
         )
         if self._metadata is None or self._metadata.policy_version != chunk.policy_version:
-            self._metadata = self._learn(chunk, frames, state_vec)
+            self._metadata = self._learn(chunk, frames, state_vec, params)
         return chunk
 
     def _learn(
-        self, chunk: ActionChunk, images: NDArray[np.uint8], state: NDArray[np.float32]
+        self,
+        chunk: ActionChunk,
+        images: NDArray[np.uint8],
+        state: NDArray[np.float32],
+        params: dict[str, Any],
     ) -> PolicyMetadata:
+        """Metadata from a reply: wamfleet servers put rates and sizes in the parameters; hints fill gaps."""
         views = images.shape[-4] if images.ndim >= 4 else 1
         length, action_dim = chunk.actions.shape
         return PolicyMetadata(
             policy_version=chunk.policy_version,
-            embodiment="unknown",
+            embodiment=str(params.get("embodiment", "unknown")),
             cameras=self.cameras or [f"view{i}" for i in range(views)],
             state_dim=int(state.shape[0]),
             action_dim=int(action_dim),
             actions_per_chunk=int(length),
-            action_rate_hz=self.action_rate_hz,
-            video_frames_per_chunk=self.video_frames_per_chunk or int(length),
+            action_rate_hz=float(params.get("action_rate_hz", self.action_rate_hz)),
+            video_frames_per_chunk=int(
+                params.get("video_frames_per_chunk") or self.video_frames_per_chunk or length
+            ),
         )
 
     def reset(self, session_id: str) -> None:

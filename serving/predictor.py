@@ -123,7 +123,14 @@ class WAMPredictor(Model):
             raise InvalidInput(f"inputs: {exc}") from None
         output = InferOutput(name="actions", shape=list(result.actions.shape), datatype="FP32")
         output.set_data_from_numpy(result.actions, binary_data=False)
+        meta = self.engine.metadata()
         parameters = {
+            # What the websocket sends on connect, so REST robots learn the rates and sizes too.
+            "embodiment": meta.embodiment,
+            "action_rate_hz": meta.action_rate_hz,
+            "video_frames_per_chunk": meta.video_frames_per_chunk,
+            "state_dim": meta.state_dim,
+            "action_dim": meta.action_dim,
             "policy_version": result.policy_version,
             "session_id": result.session_id,
             "chunk_index": result.chunk_index,
