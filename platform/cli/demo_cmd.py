@@ -2,8 +2,10 @@
 
 At this stage: the platform API starts (SQLite catalog, local object store); simulated robots
 register, record and upload episodes through their agents; the catalog's view of what
-arrived is printed; every episode is downloaded through its signed URLs, verified, and the
-lot exported as a LeRobot v3 dataset.
+arrived is printed; every episode is downloaded through its signed URLs, verified, exported
+as a LeRobot v3 dataset, and used to train a tiny World Action Model; that policy is served
+(KServe v2 + openpi websocket) and drives a robot on every task, whose autonomous episodes
+are uploaded like any other.
 """
 
 from __future__ import annotations
@@ -41,6 +43,17 @@ class DemoOptions:
     image_size: int = 96
     seed: int = 0
     max_steps: int = 150
+    train_steps: int = 150
+
+
+@dataclass
+class DrivenEpisode:
+    task: str
+    success: bool
+    progress: float
+    policy_version: str
+    requests: int
+    latency_p50_ms: float
 
 
 @dataclass
@@ -50,6 +63,10 @@ class DemoSummary:
     api_url: str = ""
     episodes: list[EpisodeSummary] = field(default_factory=list)
     frames_read_back: int = 0
+    policy_dir: Path | None = None
+    train_losses: list[float] = field(default_factory=list)
+    driven: list[DrivenEpisode] = field(default_factory=list)
+    autonomous_committed: int = 0
 
     @property
     def frames(self) -> int:
@@ -122,9 +139,79 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console) -> Demo
                 export = progress.add_task("exporting LeRobot v3 dataset", total=1)
                 export_lerobot(dirs, summary.lerobot_dir, sawyer_embodiment(options.image_size))
                 progress.advance(export)
+                summary.policy_dir, summary.train_losses = train_demo_policy(
+                    dirs, data_dir, options, progress
+                )
+            serve_and_drive(summary, options, admin, api_url, console)
         finally:
             admin.close()
     return summary
+
+
+def train_demo_policy(
+    bundles: list[Path], data_dir: Path, options: DemoOptions, progress: Progress
+) -> tuple[Path, list[float]]:
+    from wamfleet.fleet_agent.sim.metaworld_robot import sawyer_embodiment
+    from wamfleet.pipelines.train_local import train_policy
+
+    task = progress.add_task("training policy v1 (tiny WAM, CPU)", total=options.train_steps)
+    result = train_policy(
+        bundles,
+        data_dir / "policies" / "v1",
+        sawyer_embodiment(options.image_size),
+        steps=options.train_steps,
+        seed=options.seed,
+        metadata={"version": "v1"},
+        on_step=lambda step, _loss: progress.update(task, completed=step),
+    )
+    return result.policy_dir, result.losses
+
+
+def serve_and_drive(
+    summary: DemoSummary, options: DemoOptions, admin: AdminClient, api_url: str, console: Console
+) -> None:
+    """Serves the trained policy and lets robot sim-1 drive every task with it, uploading the episodes."""
+    from wamfleet.fleet_agent.client import PlatformClient
+    from wamfleet.fleet_agent.sim.drive import drive
+    from wamfleet.fleet_agent.spool import Spool
+    from wamfleet.fleet_agent.uploader import Uploader
+    from wamfleet.serving.launch import serve_subprocess
+
+    assert summary.policy_dir is not None
+    spool_dir = summary.data_dir / "spool" / "sim-1"
+    log = summary.data_dir / "serve.log"
+    with serve_subprocess(summary.policy_dir, log_path=log) as url:
+        endpoint = url.replace("http://", "ws://")
+        console.print(f"policy v1 served at {url} (v2 REST) and {endpoint} (openpi websocket)")
+        for task in options.tasks:
+            results = drive(
+                endpoint,
+                task,
+                1,
+                spool_dir=spool_dir,
+                robot_id="sim-1",
+                max_steps=options.max_steps,
+                seed=options.seed,
+                image_size=options.image_size,
+            )
+            for r in results:
+                p50 = r.stats.latency_p50_s
+                summary.driven.append(
+                    DrivenEpisode(
+                        task=task,
+                        success=bool(r.outcome.success),
+                        progress=float(r.outcome.progress or 0.0),
+                        policy_version=r.policy_version or "",
+                        requests=r.stats.requests,
+                        latency_p50_ms=(p50 or 0.0) * 1000,
+                    )
+                )
+    token = admin.robot_token("sim-1", "sawyer-metaworld", site="sim")
+    uploader = Uploader(Spool(spool_dir), PlatformClient(api_url, token))
+    try:
+        summary.autonomous_committed = len(uploader.run_once().committed)
+    finally:
+        uploader.client.close()
 
 
 def print_summary(summary: DemoSummary, console: Console) -> None:
@@ -147,6 +234,22 @@ def print_summary(summary: DemoSummary, console: Console) -> None:
         f"{summary.bytes / 1e6:.2f} MB in the catalog; "
         f"{summary.frames_read_back} frames downloaded and verified"
     )
+    if summary.train_losses:
+        console.print(
+            f"trained policy v1: loss {summary.train_losses[0]:.3f} -> {summary.train_losses[-1]:.3f} "
+            f"over {len(summary.train_losses)} steps ({summary.policy_dir})"
+        )
+    if summary.driven:
+        driven = Table(title="closed loop: robot sim-1 driven by the served policy")
+        for column in ("task", "success", "progress", "policy", "requests", "latency p50"):
+            driven.add_column(column)
+        for d in summary.driven:
+            driven.add_row(
+                d.task, "yes" if d.success else "no", f"{d.progress:.2f}", d.policy_version, str(d.requests),
+                f"{d.latency_p50_ms:.0f} ms",
+            )  # fmt: skip
+        console.print(driven)
+        console.print(f"{summary.autonomous_committed} autonomous episodes uploaded and committed")
     console.print(f"catalog: {summary.data_dir / 'catalog.db'}")
     console.print(f"object store: {summary.data_dir / 'objects'}")
     console.print(f"LeRobot v3 dataset: {summary.lerobot_dir}")
@@ -162,11 +265,18 @@ def demo(
         str, typer.Option(help="Comma-separated Meta-World tasks, rotated over the robots.")
     ] = ",".join(DEFAULT_TASKS),
     seed: Annotated[int, typer.Option(help="Fleet seed for object layouts and action noise.")] = 0,
+    train_steps: Annotated[int, typer.Option(min=1, help="Training steps of the demo policy.")] = 150,
 ) -> None:
     """Run the flywheel end to end on the embedded defaults."""
     base = load_settings()
     settings = base.model_copy(update={"data_dir": (data_dir or base.data_dir / "demo").resolve()})
-    options = DemoOptions(robots=robots, episodes_per_robot=episodes, tasks=parse_tasks(tasks), seed=seed)
+    options = DemoOptions(
+        robots=robots,
+        episodes_per_robot=episodes,
+        tasks=parse_tasks(tasks),
+        seed=seed,
+        train_steps=train_steps,
+    )
     console = Console()
     summary = run_demo(settings, options, console)
     print_summary(summary, console)

@@ -14,7 +14,16 @@ import pyarrow.parquet as pq
 
 def test_demo_runs_platform_and_fleet_and_shows_the_catalog(tmp_path: Path) -> None:
     env = os.environ | {"WAMFLEET_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}
-    cmd = [sys.executable, "-m", "wamfleet.platform.cli.main", "demo", "--episodes", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wamfleet.platform.cli.main",
+        "demo",
+        "--episodes",
+        "2",
+        "--train-steps",
+        "20",
+    ]
     for _ in range(2):  # a second run starts again from an empty demo dir
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr
@@ -24,11 +33,22 @@ def test_demo_runs_platform_and_fleet_and_shows_the_catalog(tmp_path: Path) -> N
     assert "sim-1" in out and "sim-2" in out
     assert "reach-v3" in out and "push-v3" in out
     demo = tmp_path / "data" / "demo"
-    manifests = list((demo / "objects" / "episodes").rglob("manifest.json"))
-    assert len(manifests) == 4
+    # The trained policy was served and drove sim-1 on both tasks; those episodes were uploaded too.
+    assert "trained policy v1: loss" in out
+    assert "closed loop: robot sim-1 driven by the served policy" in out
+    assert "2 autonomous episodes uploaded and committed" in out
+    assert (demo / "policies" / "v1" / "policy.json").exists()
     with sqlite3.connect(demo / "catalog.db") as db:
-        assert db.execute("select count(*) from episodes").fetchone()[0] == 4
+        assert db.execute("select count(*) from episodes").fetchone()[0] == 6
         assert db.execute("select count(*) from robots").fetchone()[0] == 2
+        rows = db.execute("select policy_version from episodes where source = 'autonomous'").fetchall()
+        assert rows == [("v1",), ("v1",)]
+    manifests = [
+        m
+        for m in (demo / "objects" / "episodes").rglob("manifest.json")
+        if '"autonomous"' not in m.read_text()
+    ]
+    assert len(manifests) == 4
     assert list((demo / "objects" / "uploads").rglob("*")) == []  # staging emptied after commit
     assert list(demo.glob("spool/*/ready/*")) == []  # every robot's spool drained
     info = json.loads((demo / "lerobot" / "meta" / "info.json").read_text())
