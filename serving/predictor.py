@@ -30,10 +30,12 @@ def resolve_policy(location: str) -> Path:
     import mlflow.artifacts
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location))
-    for candidate in (local, local / "policy"):
+    # A bare artifact directory, or an MLflow model logged by serving.mlflow_model.log_policy.
+    candidates = [local, local / "policy", *sorted(p for p in (local / "artifacts").glob("*") if p.is_dir())]
+    for candidate in candidates:
         if (candidate / "policy.json").exists():
             return candidate
-    raise ValueError(f"model_uri: {location} holds no policy.json (looked in {local} and {local / 'policy'})")
+    raise ValueError(f"policy: {location} holds no policy.json (looked in {[str(c) for c in candidates]})")
 
 
 def _text(value: Any, name: str) -> str:
