@@ -30,7 +30,7 @@ def test_registered_policy_resolves_by_alias_and_version(registry: str, tmp_path
     policy = tiny_policy(tmp_path / "policy")
     with mlflow.start_run():
         info = log_policy(policy, registered_model_name="wam")
-    MlflowClient().set_registered_model_alias("wam", "champion", info.registered_model_version)
+    MlflowClient().set_registered_model_alias("wam", "champion", str(info.registered_model_version))
     for uri in ("models:/wam@champion", f"models:/wam/{info.registered_model_version}"):
         resolved = resolve_policy(uri)
         assert (resolved / "policy.json").read_bytes() == (policy / "policy.json").read_bytes()
