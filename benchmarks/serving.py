@@ -8,11 +8,7 @@ batching on and off. Tiny random policy on CPU, 2 cameras at 96x96, everything o
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,6 +28,7 @@ from wamfleet.model.transformer import WorldActionModel
 from wamfleet.model.vae import VideoCodec
 from wamfleet.platform.contracts.protocol import packb, unpackb
 from wamfleet.serving.engine import InferRequest, PolicyEngine
+from wamfleet.serving.launch import serve_subprocess
 
 TARGET_WS_OVERHEAD_MS = 2.0
 EMBODIMENT = "sawyer-metaworld"
@@ -45,40 +42,10 @@ def make_policy(directory: Path) -> Path:
     return directory
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def served(policy: Path, max_batch: int) -> Iterator[str]:
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "wamfleet.platform.cli.main",
-        "serve",
-        "--policy",
-        str(policy),
-        "--port",
-        str(port),
-    ]
-    cmd += ["--max-batch", str(max_batch), "--max-wait-ms", "5"]
-    env = os.environ | {"WAMFLEET_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/v2/models/wam/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with serve_subprocess(policy, extra_args=["--max-batch", str(max_batch), "--max-wait-ms", "5"]) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def observation(i: int) -> tuple[np.ndarray, np.ndarray]:

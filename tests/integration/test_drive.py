@@ -3,22 +3,17 @@ evaluation from the CLI, and a dead server that leaves the robot holding still i
 
 from __future__ import annotations
 
-import os
 import re
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from numpy.typing import NDArray
 from typer.testing import CliRunner
 
-from tests.integration.test_serving import API_KEY, free_port
+from tests.integration.test_serving import API_KEY
 from tests.unit.serving.policy_support import tiny_policy
 from wamfleet.fleet_agent.chunk_runner import ActionChunkRunner
 from wamfleet.fleet_agent.episode_io import EpisodeReader
@@ -30,6 +25,7 @@ from wamfleet.fleet_agent.policy_client import (
 )
 from wamfleet.fleet_agent.spool import Spool
 from wamfleet.platform.cli.main import app
+from wamfleet.serving.launch import free_port, serve_subprocess
 
 cli = CliRunner()
 
@@ -38,30 +34,9 @@ cli = CliRunner()
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`wamfleet serve` on a tiny random policy, on 127.0.0.1 (as in test_serving)."""
     policy = tiny_policy(tmp_path_factory.mktemp("drive-serve") / "policy")
-    port = free_port()
-    cmd = [sys.executable, "-m", "wamfleet.platform.cli.main", "serve", "--policy", str(policy)]
-    env = os.environ | {"WAMFLEET_SERVE_API_KEY": API_KEY, "OMP_NUM_THREADS": "1"}
-    log = open(tmp_path_factory.mktemp("drive-serve-log") / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([*cmd, "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"serve exited: {Path(log.name).read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/v2/models/wam/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise RuntimeError("serve did not become ready")
+    log = tmp_path_factory.mktemp("drive-serve-log") / "serve.log"
+    with serve_subprocess(policy, extra_args=["--api-key", API_KEY], log_path=log) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def ws_url(server: str) -> str:

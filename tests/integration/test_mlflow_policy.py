@@ -22,7 +22,10 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A SQLite MLflow store for this test only (through the environment, not global state)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_experiment("policies")
+    artifacts = (tmp_path / "artifacts").as_uri()  # not ./mlruns in the working directory
+    mlflow.set_experiment(
+        experiment_id=MlflowClient().create_experiment("policies", artifact_location=artifacts)
+    )
     return uri
 
 

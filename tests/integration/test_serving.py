@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,52 +14,18 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests.unit.serving.policy_support import tiny_policy
 from wamfleet.platform.contracts.protocol import packb, unpackb
+from wamfleet.serving.launch import serve_subprocess
 
 API_KEY = "robot-fleet-key"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`wamfleet serve` on a tiny random policy, bound to 127.0.0.1, requiring an Api-Key."""
     policy = tiny_policy(tmp_path_factory.mktemp("serve") / "policy")
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "wamfleet.platform.cli.main",
-        "serve",
-        "--policy",
-        str(policy),
-        "--port",
-        str(port),
-    ]
-    env = os.environ | {"WAMFLEET_SERVE_API_KEY": API_KEY, "OMP_NUM_THREADS": "1"}
-    log = open(tmp_path_factory.mktemp("serve-log") / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"serve exited: {Path(log.name).read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/v2/models/wam/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise RuntimeError("serve did not become ready")
+    log = tmp_path_factory.mktemp("serve-log") / "serve.log"
+    with serve_subprocess(policy, extra_args=["--api-key", API_KEY], log_path=log) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def v2_body(images: np.ndarray, state: np.ndarray, session: str, reset: bool = False) -> dict[str, object]:
