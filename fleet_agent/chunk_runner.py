@@ -73,20 +73,12 @@ class RunnerEvent:
     detail: str
 
 
-@dataclass
-class EpisodeRunStats:
-    steps: int = 0
-    elapsed_s: float = 0.0  # on the runner's clock (simulated when realtime=False)
-    target_rate_hz: float = 0.0
-    requests: int = 0
-    chunks: int = 0
-    latencies_s: list[float] = field(default_factory=list)
-    safe_actions: int = 0
-    events: list[RunnerEvent] = field(default_factory=list)  # one per safe action
-    request_failures: list[RunnerEvent] = field(default_factory=list)
-    policy_versions: list[str] = field(default_factory=list)  # distinct, in order of arrival
-    request_steps: list[int] = field(default_factory=list)  # the observation step of each request
-    overruns: int = 0  # realtime steps that took longer than a control period
+class RunFigures:
+    """Derived figures of a run, shared by one episode's stats and a whole evaluation."""
+
+    steps: int
+    elapsed_s: float
+    latencies_s: list[float]
 
     @property
     def control_rate_hz(self) -> float:
@@ -99,6 +91,22 @@ class EpisodeRunStats:
     @property
     def latency_p99_s(self) -> float | None:
         return percentile(self.latencies_s, 99)
+
+
+@dataclass
+class EpisodeRunStats(RunFigures):
+    steps: int = 0
+    elapsed_s: float = 0.0  # on the runner's clock (simulated when realtime=False)
+    target_rate_hz: float = 0.0
+    requests: int = 0
+    chunks: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+    safe_actions: int = 0
+    events: list[RunnerEvent] = field(default_factory=list)  # one per safe action
+    request_failures: list[RunnerEvent] = field(default_factory=list)
+    policy_versions: list[str] = field(default_factory=list)  # distinct, in order of arrival
+    request_steps: list[int] = field(default_factory=list)  # the observation step of each request
+    overruns: int = 0  # realtime steps that took longer than a control period
 
     @property
     def policy_version(self) -> str | None:

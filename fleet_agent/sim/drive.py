@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from wamfleet.fleet_agent.chunk_runner import ActionChunkRunner, EpisodeRunStats, Merge, percentile
+from wamfleet.fleet_agent.chunk_runner import ActionChunkRunner, EpisodeRunStats, Merge, RunFigures
 from wamfleet.fleet_agent.episode_io import EpisodeWriter
 from wamfleet.fleet_agent.policy_client import PolicyClient, PolicyError, open_policy_client
 from wamfleet.fleet_agent.sim.fleet import layout_seed
@@ -218,7 +218,7 @@ class TaskReport:
 
 
 @dataclass
-class ClosedLoopReport:
+class ClosedLoopReport(RunFigures):
     tasks: dict[str, TaskReport]
     latencies_s: list[float] = field(default_factory=list)
     steps: int = 0
@@ -228,18 +228,6 @@ class ClosedLoopReport:
     chunks: int = 0
     safe_actions: int = 0
     policy_versions: list[str] = field(default_factory=list)
-
-    @property
-    def latency_p50_s(self) -> float | None:
-        return percentile(self.latencies_s, 50)
-
-    @property
-    def latency_p99_s(self) -> float | None:
-        return percentile(self.latencies_s, 99)
-
-    @property
-    def control_rate_hz(self) -> float:
-        return self.steps / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
 def evaluate_closed_loop(

@@ -16,7 +16,7 @@ from wamfleet.fleet_agent.client import AgentError, AuthError, PlatformClient
 from wamfleet.fleet_agent.config import AgentSettings
 from wamfleet.fleet_agent.spool import Spool
 from wamfleet.fleet_agent.uploader import Uploader
-from wamfleet.platform.cli.common import fail
+from wamfleet.platform.cli.common import PolicyEndpoint, fail
 from wamfleet.platform.contracts.errors import describe_validation_error
 
 app = typer.Typer(help="The robot agent: spool and upload episodes.", no_args_is_help=True)
@@ -121,9 +121,7 @@ def import_video_cmd(
 
 @app.command("drive")
 def drive_cmd(
-    endpoint: Annotated[
-        str, typer.Option(help="Policy server: ws://host:port (openpi) or http://host:port (v2).")
-    ],
+    endpoint: PolicyEndpoint,
     task: Annotated[str, typer.Option(help="Meta-World task, e.g. reach-v3.")] = "reach-v3",
     episodes: Annotated[int, typer.Option(min=1, help="Episodes to drive.")] = 1,
     max_steps: Annotated[int, typer.Option(min=1, help="Control steps per episode at most.")] = 150,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -12,6 +12,10 @@ from wamfleet.platform.contracts.errors import describe_validation_error
 from wamfleet.platform.settings import ENV_PREFIX, Settings
 
 err_console = Console(stderr=True)
+
+PolicyEndpoint = Annotated[
+    str, typer.Option(help="Policy server: ws://host:port (openpi) or http://host:port (v2).")
+]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

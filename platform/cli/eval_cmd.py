@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from wamfleet.platform.cli.common import fail
+from wamfleet.platform.cli.common import PolicyEndpoint, fail
 
 app = typer.Typer(help="Evaluate served policies.", no_args_is_help=True)
 console = Console()
@@ -19,9 +19,7 @@ def _ms(seconds: float | None) -> str:
 
 @app.command("closed-loop")
 def closed_loop(
-    endpoint: Annotated[
-        str, typer.Option(help="Policy server: ws://host:port (openpi) or http://host:port (v2).")
-    ],
+    endpoint: PolicyEndpoint,
     tasks: Annotated[str, typer.Option(help="Comma-separated Meta-World tasks.")] = "reach-v3",
     episodes: Annotated[int, typer.Option(min=1, help="Episodes per task.")] = 10,
     max_steps: Annotated[int, typer.Option(min=1, help="Control steps per episode at most.")] = 150,
