@@ -46,11 +46,47 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(
         default=4 * 1024**3, gt=0, description="Largest single file an episode may declare (bytes)."
     )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking/registry URI (an `mlflow server` URL in production); default: SQLite in data_dir.",
+    )
+    registered_model: str = Field(
+        default="wamfleet-policy",
+        description="Name of the MLflow registered model that holds policy versions.",
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray cluster to run curation and training on (`ray://head:10001` on KubeRay); default: local Ray.",
+    )
+    kfp_host: str | None = Field(
+        default=None,
+        description="Kubeflow Pipelines API the platform submits retrains to; default: run locally.",
+    )
+    retrain_min_new_episodes: int = Field(
+        default=0,
+        ge=0,
+        description="Retrain once this many new episodes arrived since the last snapshot (0: off).",
+    )
+    retrain_max_age_h: float = Field(
+        default=0.0,
+        ge=0,
+        description="Retrain when the last snapshot is older than this many hours (0: off).",
+    )
+    retrain_schedule_h: float = Field(
+        default=0.0, ge=0, description="Retrain every this many hours regardless of new data (0: off)."
+    )
+    retrain_check_interval_s: float = Field(
+        default=300.0, gt=0, description="How often the platform evaluates the retrain policy."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
 
     @property
     def objects_dir(self) -> Path:
         return self.data_dir / "objects"
+
+    @property
+    def effective_mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
 
     @property
     def effective_catalog_url(self) -> str:

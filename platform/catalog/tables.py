@@ -130,3 +130,53 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(80), index=True)
     target: Mapped[str] = mapped_column(String(200))
     details: Mapped[dict[str, Any]]
+
+
+class DatasetSnapshot(Base):
+    """A frozen, content-addressed list of episodes (its JSON lives in the object store)."""
+
+    __tablename__ = "dataset_snapshots"
+
+    snapshot_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    episode_count: Mapped[int] = mapped_column(Integer)
+    newest_committed_at: Mapped[datetime | None]
+    query: Mapped[dict[str, Any]]
+    key: Mapped[str] = mapped_column(String(300))
+
+
+class EpisodeValidation(Base):
+    """The decode check of one episode; `quarantined` episodes stay stored but leave training."""
+
+    __tablename__ = "episode_validations"
+
+    episode_id: Mapped[str] = mapped_column(
+        ForeignKey("episodes.episode_id", ondelete="CASCADE"), primary_key=True
+    )
+    status: Mapped[str] = mapped_column(String(16), index=True)  # ok | quarantined
+    reason: Mapped[str | None] = mapped_column(Text)
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    checked_at: Mapped[datetime]
+
+
+class RetrainRun(Base):
+    """One retrain: who or what asked for it, where it runs, and what it produced."""
+
+    __tablename__ = "retrain_runs"
+
+    run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # queued | running | succeeded | failed
+    trigger: Mapped[str] = mapped_column(String(16))  # manual | policy | schedule
+    reason: Mapped[str] = mapped_column(Text, default="")
+    requested_by: Mapped[str] = mapped_column(String(80))
+    backend: Mapped[str] = mapped_column(String(16))  # local | kfp
+    params: Mapped[dict[str, Any]]
+    external_id: Mapped[str | None] = mapped_column(String(200))
+    snapshot_hash: Mapped[str | None] = mapped_column(String(64))
+    dataset_hash: Mapped[str | None] = mapped_column(String(64))
+    model_version: Mapped[str | None] = mapped_column(String(200))
+    candidate: Mapped[bool | None] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]

@@ -1,0 +1,1 @@
+"""Retrain triggers: when the platform asks for a new policy version, and how it launches one."""
