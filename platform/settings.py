@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     )
     mlflow_tracking_uri: str | None = Field(
         default=None,
-        description="MLflow tracking/registry URI (an `mlflow server` URL in production); default: SQLite in data_dir.",
+        description="MLflow tracking/registry URI (`mlflow server` URL in production); default: SQLite.",
     )
     registered_model: str = Field(
         default="wamfleet-policy",
@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     )
     ray_address: str | None = Field(
         default=None,
-        description="Ray cluster to run curation and training on (`ray://head:10001` on KubeRay); default: local Ray.",
+        description="Ray cluster for curation and training (`ray://head:10001` on KubeRay); default: local.",
     )
     kfp_host: str | None = Field(
         default=None,
