@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from wamfleet.model.transformer import Kind, TokenMeta, WorldActionModel
 
@@ -159,3 +159,18 @@ def flow_matching_loss(
     denom = weight.expand_as(err).sum().clamp_min(1.0)
     action_loss = err.sum() / denom
     return LossOutput(video_loss + cfg.action_loss_weight * action_loss, video_loss, action_loss)
+
+
+class FlowMatchingObjective(nn.Module):
+    """The loss as a module's forward, so DistributedDataParallel (Ray Train's prepare_model) can
+    wrap it: the WAM itself runs through several methods, never one `forward`."""
+
+    def __init__(self, model: WorldActionModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, batch: WAMBatch, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        out = flow_matching_loss(self.model, batch, generator)
+        return out.loss, out.video_loss, out.action_loss

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, Field
 
-from wamfleet.model.objective import WAMBatch, flow_matching_loss
+from wamfleet.model.objective import FlowMatchingObjective, WAMBatch
 from wamfleet.model.transformer import WorldActionModel
 
 
@@ -42,11 +42,18 @@ class StepMetrics:
 
 class Trainer:
     def __init__(
-        self, model: WorldActionModel, config: TrainerConfig | None = None, device: str | None = None
+        self,
+        model: WorldActionModel,
+        config: TrainerConfig | None = None,
+        device: str | None = None,
+        objective: torch.nn.Module | None = None,
     ) -> None:
+        """`objective`: the loss module to step through, e.g. a DDP-wrapped FlowMatchingObjective
+        of `model`; by default the plain objective of `model`."""
         self.config = config or TrainerConfig()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device)
+        self.objective = objective if objective is not None else FlowMatchingObjective(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("model: no trainable parameters")
@@ -76,9 +83,9 @@ class Trainer:
                 dtype=self.autocast_dtype or torch.float32,
                 enabled=self.autocast_dtype is not None,
             ):
-                out = flow_matching_loss(self.model, batch.to(self.device), self.generator)
-            (out.loss / len(batches)).backward()
-            for i, value in enumerate((out.loss, out.video_loss, out.action_loss)):
+                losses = self.objective(batch.to(self.device), self.generator)
+            (losses[0] / len(batches)).backward()
+            for i, value in enumerate(losses):
                 totals[i] += float(value.detach()) / len(batches)
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))

@@ -49,15 +49,19 @@ def episode_windows(
     state_norm: QuantileNormalizer | None,
     action_norm: QuantileNormalizer | None,
     chunks: int | None = None,
+    start: int = 0,
+    stop: int | None = None,
 ) -> list[WindowSample]:
+    """Every window inside frames [start, stop) (curation's trimmed range; default: all)."""
     k = chunks or cfg.context_chunks
     missing = [c for c in cfg.cameras if c not in reader.cameras]
     if missing:
         raise ValueError(f"cameras: the episode has {reader.cameras}, the model needs {cfg.cameras}")
-    starts = window_starts(reader.num_frames, cfg, k)
+    stop = reader.num_frames if stop is None else min(stop, reader.num_frames)
+    starts = [start + s for s in window_starts(stop - start, cfg, k)]
     if not starts:
         return []
-    frames = reader.frames(0, reader.num_frames, cfg.cameras)
+    frames = reader.frames(0, stop, cfg.cameras)
     video = np.stack([frames[c] for c in cfg.cameras], axis=1)  # (T, V, H, W, 3)
     states = reader.states()
     actions = reader.actions()
