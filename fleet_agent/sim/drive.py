@@ -231,7 +231,7 @@ class ClosedLoopReport(RunFigures):
 
 
 def evaluate_closed_loop(
-    endpoint: str,
+    endpoint: str | PolicyClient,
     tasks: Sequence[str],
     episodes: int,
     seed: int = 0,
@@ -243,9 +243,16 @@ def evaluate_closed_loop(
     timeout_s: float = 5.0,
     on_episode: Callable[[DriveResult], None] | None = None,
 ) -> ClosedLoopReport:
-    """Success rate per task under the served policy, on held-out layouts; records nothing."""
+    """Success rate per task under the served policy, on held-out layouts; records nothing.
+
+    `endpoint`: a URL, or an open client (kept open: it belongs to the caller)."""
     report = ClosedLoopReport({task: TaskReport(task) for task in tasks})
-    client = open_policy_client(endpoint, api_key=api_key, timeout_s=timeout_s)
+    owned = isinstance(endpoint, str)
+    client: PolicyClient = (
+        open_policy_client(endpoint, api_key=api_key, timeout_s=timeout_s)
+        if isinstance(endpoint, str)
+        else endpoint
+    )
     try:
         cameras = policy_cameras(_metadata(client))
         for task in tasks:
@@ -265,7 +272,8 @@ def evaluate_closed_loop(
             finally:
                 robot.close()
     finally:
-        client.close()
+        if owned:
+            client.close()
     return report
 
 

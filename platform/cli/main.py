@@ -15,6 +15,7 @@ from wamfleet.platform.cli import (
     demo_cmd,
     eval_cmd,
     fleet_cmd,
+    pipelines_cmd,
     platform_cmd,
     serve_cmd,
 )
@@ -42,6 +43,8 @@ app.add_typer(platform_cmd.app, name="platform")
 app.add_typer(agent_cmd.app, name="agent")
 app.add_typer(fleet_cmd.app, name="fleet")
 app.add_typer(eval_cmd.app, name="eval")
+app.add_typer(pipelines_cmd.app, name="pipelines")
+app.command("retrain")(pipelines_cmd.retrain)
 app.command("demo")(demo_cmd.demo)
 app.command("serve")(serve_cmd.serve)
 

@@ -1,0 +1,77 @@
+"""Running `continuous_finetune`: locally with kfp.local (subprocesses + a local Ray), or on a
+Kubeflow Pipelines host.
+
+Locally every component runs as a subprocess of this Python (no containers, no pip installs)
+with the caller's WAMFLEET_* settings in its environment; artifacts go under
+<data_dir>/kfp. On a cluster the compiled pipeline is submitted to the KFP API and its
+components run in the pipeline image with settings from the chart's Secret and ConfigMap.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from wamfleet.platform.contracts.retrain import RetrainParams
+from wamfleet.platform.settings import ENV_PREFIX, Settings
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    version: str
+    candidate: bool
+    pipeline_root: Path
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as WAMFLEET_* variables (absolute paths: components may run elsewhere)."""
+    env: dict[str, str] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        if name == "data_dir":
+            value = Path(value).resolve()
+        env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+    env[f"{ENV_PREFIX}CATALOG_URL"] = settings.effective_catalog_url
+    env[f"{ENV_PREFIX}MLFLOW_TRACKING_URI"] = settings.effective_mlflow_uri
+    return env
+
+
+def run_local(settings: Settings, params: RetrainParams, retrain_run_id: str = "") -> LocalRun:
+    """Runs the whole pipeline here; raises when any component fails (its error in the message)."""
+    from kfp import local
+
+    from wamfleet.pipelines.pipeline import continuous_finetune
+
+    root = (settings.data_dir / "kfp").resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ.update(settings_env(settings))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    task = continuous_finetune(params_json=params.model_dump_json(), retrain_run_id=retrain_run_id)
+    return LocalRun(
+        version=str(task.outputs["version"]), candidate=bool(task.outputs["candidate"]), pipeline_root=root
+    )
+
+
+def submit(host: str, params: RetrainParams, retrain_run_id: str = "", experiment: str = "wamfleet") -> str:
+    """Submits a run to Kubeflow Pipelines; returns the KFP run id."""
+    import kfp
+
+    from wamfleet.pipelines.pipeline import PIPELINE_NAME, compile_pipeline
+
+    client = kfp.Client(host=host)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(Path(tmp) / f"{PIPELINE_NAME}.yaml")
+        run = client.create_run_from_pipeline_package(
+            str(package),
+            arguments={"params_json": params.model_dump_json(), "retrain_run_id": retrain_run_id},
+            run_name=f"retrain-{retrain_run_id}" if retrain_run_id else None,
+            experiment_name=experiment,
+        )
+    return str(run.run_id)
