@@ -1,9 +1,10 @@
-"""The platform API application: `create_app(settings)` wires catalog, store and routers."""
+"""The platform API application: `create_app(settings)` wires catalog, store, launcher and routers."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,10 +13,13 @@ from datetime import timedelta
 import anyio
 from fastapi import FastAPI
 
-from wamfleet.platform.api import episodes, errors, objects, robots, uploads
+from wamfleet.platform.api import episodes, errors, objects, retrains, robots, uploads
 from wamfleet.platform.api.state import PlatformState
 from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.catalog.ingest import IngestError, IngestService
+from wamfleet.platform.retrains.launcher import RetrainLauncher, launcher_for
+from wamfleet.platform.retrains.policy import RetrainPolicy
+from wamfleet.platform.retrains.scheduler import check_and_launch
 from wamfleet.platform.settings import Settings
 from wamfleet.platform.storage import ObjectStore, open_object_store
 from wamfleet.platform.storage.base import InvalidKey, StorageError
@@ -23,9 +27,12 @@ from wamfleet.platform.storage.local import LocalObjectStore
 
 log = logging.getLogger(__name__)
 EXPIRY_SWEEP_S = 60.0
+RETRAIN_REAP_S = 5.0  # how often finished retrain processes/KFP runs are noticed
 
 
-def build_state(settings: Settings, store: ObjectStore | None = None) -> PlatformState:
+def build_state(
+    settings: Settings, store: ObjectStore | None = None, launcher: RetrainLauncher | None = None
+) -> PlatformState:
     catalog = Catalog(settings.effective_catalog_url)
     if store is None:
         store = open_object_store(settings, url_base=objects.OBJECTS_PATH)
@@ -39,7 +46,14 @@ def build_state(settings: Settings, store: ObjectStore | None = None) -> Platfor
         max_file_bytes=settings.max_file_bytes,
     )
     admin = settings.admin_token.get_secret_value() if settings.admin_token else None
-    return PlatformState(settings=settings, catalog=catalog, store=store, ingest=ingest, admin_token=admin)
+    return PlatformState(
+        settings=settings,
+        catalog=catalog,
+        store=store,
+        ingest=ingest,
+        admin_token=admin,
+        launcher=launcher or launcher_for(settings, catalog),
+    )
 
 
 async def _sweep_expired(state: PlatformState) -> None:
@@ -53,16 +67,46 @@ async def _sweep_expired(state: PlatformState) -> None:
             log.exception("sweeping expired upload sessions failed")
 
 
-def create_app(settings: Settings, store: ObjectStore | None = None) -> FastAPI:
-    state = build_state(settings, store)
+async def _retrain_loop(state: PlatformState) -> None:
+    """Reaps the launcher every few seconds; evaluates the policy every retrain_check_interval_s.
+
+    Reaping runs even with the policy off, so a manual run whose process died is marked failed.
+    """
+    settings = state.settings
+    policy = RetrainPolicy.from_settings(settings)
+    interval = settings.retrain_check_interval_s
+    loop = asyncio.get_running_loop()
+    next_check = loop.time() + interval
+    log.info("%s (checked every %g s)", policy.describe(), interval)
+    while True:
+        await asyncio.sleep(min(interval, RETRAIN_REAP_S))
+        try:
+            if policy.enabled and loop.time() >= next_check:
+                next_check = loop.time() + interval
+                check = functools.partial(check_and_launch, state.catalog, settings, state.launcher)
+                await anyio.to_thread.run_sync(check)
+            else:
+                await anyio.to_thread.run_sync(state.launcher.poll)
+        except Exception:
+            log.exception("checking retrains failed")
+
+
+def create_app(
+    settings: Settings, store: ObjectStore | None = None, launcher: RetrainLauncher | None = None
+) -> FastAPI:
+    """`launcher` replaces the one the settings choose (tests use a LocalLauncher with their own command)."""
+    state = build_state(settings, store, launcher)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        sweeper = asyncio.create_task(_sweep_expired(state))
+        tasks = [asyncio.create_task(_sweep_expired(state)), asyncio.create_task(_retrain_loop(state))]
         yield
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        state.launcher.close()
         state.catalog.dispose()
 
     app = FastAPI(
@@ -75,7 +119,7 @@ def create_app(settings: Settings, store: ObjectStore | None = None) -> FastAPI:
     app.add_exception_handler(IngestError, errors.ingest_error)
     app.add_exception_handler(InvalidKey, errors.invalid_key)
     app.add_exception_handler(StorageError, errors.storage_error)
-    for router in (robots.router, uploads.router, episodes.router, objects.router):
+    for router in (robots.router, uploads.router, episodes.router, objects.router, retrains.router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

@@ -1,4 +1,4 @@
-"""What every request handler shares: settings, catalog, object store, ingest service."""
+"""What every request handler shares: settings, catalog, object store, ingest, retrain launcher."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from fastapi import Request
 
 from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.catalog.ingest import IngestService
+from wamfleet.platform.retrains.launcher import RetrainLauncher
 from wamfleet.platform.settings import Settings
 from wamfleet.platform.storage.base import ObjectStore
 
@@ -19,6 +20,7 @@ class PlatformState:
     store: ObjectStore
     ingest: IngestService
     admin_token: str | None
+    launcher: RetrainLauncher
 
 
 def get_state(request: Request) -> PlatformState:

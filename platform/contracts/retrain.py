@@ -29,7 +29,7 @@ class RetrainParams(BaseModel):
     steps: int = Field(default=150, gt=0)
     batch_size: int = Field(default=8, gt=0)
     lr: float = Field(default=3e-3, gt=0)
-    curation_workers: int = Field(default=2, ge=0, description="Ray Data workers for curation (0: in-process)")
+    curation_workers: int = Field(default=2, ge=0, description="Ray Data curation workers (0: in-process)")
     workers: int = Field(default=1, ge=1, description="Ray Train data-parallel workers")
     use_gpu: bool = False
     seed: int = 0
