@@ -16,16 +16,6 @@ from kfp.dsl import Input, Metrics, Model, Output
 PIPELINE_IMAGE = os.environ.get("WAMFLEET_PIPELINE_IMAGE", "ghcr.io/wamfleet/wamfleet-pipeline:latest")
 
 
-class ShardsOutputs(NamedTuple):
-    index_key: str
-    parent_version: str
-
-
-class RegisterOutputs(NamedTuple):
-    version: str
-    candidate: bool
-
-
 def _component(func):  # type: ignore[no-untyped-def]
     return dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)(func)
 
@@ -56,7 +46,9 @@ def curate(snapshot_hash: str, params_json: str, validation: str) -> str:
 
 
 @_component
-def shards(snapshot_hash: str, dataset_hash: str, params_json: str) -> ShardsOutputs:
+def shards(snapshot_hash: str, dataset_hash: str, params_json: str) -> NamedTuple(  # type: ignore[valid-type]
+    "ShardsOutputs", [("index_key", str), ("parent_version", str)]
+):
     """Pre-encodes video latents and instruction embeddings into training shards."""
     from collections import namedtuple
 
@@ -64,7 +56,7 @@ def shards(snapshot_hash: str, dataset_hash: str, params_json: str) -> ShardsOut
 
     out = shards_step(snapshot_hash, dataset_hash, params_json)
     outputs = namedtuple("outputs", ["index_key", "parent_version"])  # defined here: a component runs alone
-    return outputs(out.index_key, out.parent_version)  # type: ignore[return-value]
+    return outputs(out.index_key, out.parent_version)
 
 
 @_component
@@ -103,7 +95,7 @@ def register(
     parent_version: str,
     pipeline_run: str,
     retrain_run_id: str,
-) -> RegisterOutputs:
+) -> NamedTuple("RegisterOutputs", [("version", str), ("candidate", bool)]):  # type: ignore[valid-type]
     """An MLflow model version with lineage tags; alias `candidate` only when the gate passed."""
     from collections import namedtuple
 
@@ -120,7 +112,7 @@ def register(
         retrain_run_id,
     )
     outputs = namedtuple("outputs", ["version", "candidate"])
-    return outputs(out.version, out.candidate)  # type: ignore[return-value]
+    return outputs(out.version, out.candidate)
 
 
 COMPONENTS = (snapshot, validate, curate, shards, finetune, evaluate, register)

@@ -3,9 +3,10 @@
 At this stage: the platform API starts (SQLite catalog, local object store); simulated robots
 register, record and upload episodes through their agents; the catalog's view of what
 arrived is printed; every episode is downloaded through its signed URLs, verified, exported
-as a LeRobot v3 dataset, and used to train a tiny World Action Model; that policy is served
-(KServe v2 + openpi websocket) and drives a robot on every task, whose autonomous episodes
-are uploaded like any other.
+as a LeRobot v3 dataset; a retrain runs the continuous fine-tuning pipeline (kfp.local, local
+Ray: snapshot, validate, curate, shards, finetune, evaluate, register) and registers version 1
+of a tiny World Action Model in MLflow; that version is served (KServe v2 + openpi websocket)
+and drives a robot on every task, whose autonomous episodes are uploaded like any other.
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ class DemoSummary:
     api_url: str = ""
     episodes: list[EpisodeSummary] = field(default_factory=list)
     frames_read_back: int = 0
-    policy_dir: Path | None = None
+    model_uri: str | None = None
+    policy_version: str = ""
+    candidate: bool = False
+    retrain_run_id: str = ""
     train_losses: list[float] = field(default_factory=list)
     driven: list[DrivenEpisode] = field(default_factory=list)
     autonomous_committed: int = 0
@@ -139,32 +143,65 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console) -> Demo
                 export = progress.add_task("exporting LeRobot v3 dataset", total=1)
                 export_lerobot(dirs, summary.lerobot_dir, sawyer_embodiment(options.image_size))
                 progress.advance(export)
-                summary.policy_dir, summary.train_losses = train_demo_policy(
-                    dirs, data_dir, options, progress
-                )
+            retrain_demo_policy(summary, settings, options, admin, console)
             serve_and_drive(summary, options, admin, api_url, console)
         finally:
             admin.close()
     return summary
 
 
-def train_demo_policy(
-    bundles: list[Path], data_dir: Path, options: DemoOptions, progress: Progress
-) -> tuple[Path, list[float]]:
-    from wamfleet.fleet_agent.sim.metaworld_robot import sawyer_embodiment
-    from wamfleet.pipelines.train_local import train_policy
+def retrain_demo_policy(
+    summary: DemoSummary, settings: Settings, options: DemoOptions, admin: AdminClient, console: Console
+) -> None:
+    """Asks the platform for a retrain (recorded in the catalog) and runs its pipeline here."""
+    from mlflow import MlflowClient
 
-    task = progress.add_task("training policy v1 (tiny WAM, CPU)", total=options.train_steps)
-    result = train_policy(
-        bundles,
-        data_dir / "policies" / "v1",
-        sawyer_embodiment(options.image_size),
+    from wamfleet.pipelines.registry import configure_mlflow
+    from wamfleet.pipelines.run import run_local
+    from wamfleet.platform.catalog import retrains
+    from wamfleet.platform.catalog.db import Catalog
+    from wamfleet.platform.contracts.retrain import RetrainParams
+
+    params = RetrainParams(
         steps=options.train_steps,
         seed=options.seed,
-        metadata={"version": "v1"},
-        on_step=lambda step, _loss: progress.update(task, completed=step),
+        eval_episodes=1,
+        eval_max_steps=options.max_steps,
+        parent="none",
     )
-    return result.policy_dir, result.losses
+    catalog = Catalog(settings.effective_catalog_url)
+    try:
+        with catalog.session() as session:
+            run = retrains.create_run(
+                session,
+                trigger="manual",
+                reason="wamfleet demo",
+                requested_by="demo",
+                backend="local",
+                params=params,
+            )
+            retrains.mark_running(session, run.run_id)
+        summary.retrain_run_id = run.run_id
+        console.print(
+            f"retrain {run.run_id}: snapshot, validate, curate, shards, finetune, evaluate, register"
+        )
+        with console.status("running the continuous fine-tuning pipeline (kfp.local, local Ray)"):
+            try:
+                result = run_local(settings, params, run.run_id)
+            except Exception as exc:
+                with catalog.session() as session:
+                    retrains.mark_finished(session, run.run_id, succeeded=False, error=str(exc)[-4000:])
+                raise
+    finally:
+        catalog.dispose()
+    summary.policy_version = f"{settings.registered_model}/{result.version}"
+    summary.model_uri = f"models:/{settings.registered_model}/{result.version}"
+    summary.candidate = result.candidate
+    configure_mlflow(settings)
+    client = MlflowClient()
+    version = client.get_model_version(settings.registered_model, result.version)
+    history = client.get_metric_history(str(version.run_id), "train_loss")
+    summary.train_losses = [m.value for m in sorted(history, key=lambda m: m.step)]
 
 
 def serve_and_drive(
@@ -177,12 +214,13 @@ def serve_and_drive(
     from wamfleet.fleet_agent.uploader import Uploader
     from wamfleet.serving.launch import serve_subprocess
 
-    assert summary.policy_dir is not None
+    assert summary.model_uri is not None
     spool_dir = summary.data_dir / "spool" / "sim-1"
     log = summary.data_dir / "serve.log"
-    with serve_subprocess(summary.policy_dir, log_path=log) as url:
+    version_args = ["--version", summary.policy_version]
+    with serve_subprocess(summary.model_uri, log_path=log, extra_args=version_args) as url:
         endpoint = url.replace("http://", "ws://")
-        console.print(f"policy v1 served at {url} (v2 REST) and {endpoint} (openpi websocket)")
+        console.print(f"{summary.model_uri} served at {url} (v2 REST) and {endpoint} (openpi websocket)")
         for task in options.tasks:
             results = drive(
                 endpoint,
@@ -235,9 +273,10 @@ def print_summary(summary: DemoSummary, console: Console) -> None:
         f"{summary.frames_read_back} frames downloaded and verified"
     )
     if summary.train_losses:
+        alias = "alias candidate" if summary.candidate else "gate failed, no alias"
         console.print(
-            f"trained policy v1: loss {summary.train_losses[0]:.3f} -> {summary.train_losses[-1]:.3f} "
-            f"over {len(summary.train_losses)} steps ({summary.policy_dir})"
+            f"retrained {summary.policy_version} ({alias}): loss {summary.train_losses[0]:.3f} -> "
+            f"{summary.train_losses[-1]:.3f} over {len(summary.train_losses)} steps"
         )
     if summary.driven:
         driven = Table(title="closed loop: robot sim-1 driven by the served policy")
@@ -251,6 +290,7 @@ def print_summary(summary: DemoSummary, console: Console) -> None:
         console.print(driven)
         console.print(f"{summary.autonomous_committed} autonomous episodes uploaded and committed")
     console.print(f"catalog: {summary.data_dir / 'catalog.db'}")
+    console.print(f"MLflow: {summary.data_dir / 'mlflow.db'} (mlflow ui --backend-store-uri sqlite:///...)")
     console.print(f"object store: {summary.data_dir / 'objects'}")
     console.print(f"LeRobot v3 dataset: {summary.lerobot_dir}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,7 @@ from wamfleet.platform.contracts.retrain import RetrainParams
 
 app = typer.Typer(help="The continuous fine-tuning pipeline (Kubeflow Pipelines).", no_args_is_help=True)
 console = Console()
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @app.command("compile")
@@ -102,11 +104,11 @@ def retrain(
     try:
         result = run_local(settings, params, run_id)
     except Exception as exc:  # noqa: BLE001 - recorded on the run, then reported
-        message = f"{type(exc).__name__}: {exc}"
+        message = ANSI.sub("", f"{type(exc).__name__}: {exc}").strip()
         with catalog.session() as session:
             retrains.mark_finished(session, run_id, succeeded=False, error=message[-4000:])
         traceback.print_exc()
-        fail(f"retrain {run_id} failed: {message.splitlines()[0] if message else type(exc).__name__}", code=1)
+        fail(f"retrain {run_id} failed: {' '.join(message.split())}", code=1)
     alias = "candidate" if result.candidate else "no alias (gate failed)"
     console.print(
         f"retrain {run_id}: registered {settings.registered_model} version {result.version}, {alias}"

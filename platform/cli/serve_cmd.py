@@ -31,7 +31,13 @@ def serve(
     max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a request waits for others.")] = 5.0,
 ) -> None:
     """Serve a policy for robots in closed loop."""
+    import os
+
+    from wamfleet.platform.cli.common import load_settings
     from wamfleet.serving.predictor import WAMPredictor
+
+    if policy.startswith(("models:/", "runs:/")) and "MLFLOW_TRACKING_URI" not in os.environ:
+        os.environ["MLFLOW_TRACKING_URI"] = load_settings().effective_mlflow_uri  # the platform's registry
     from wamfleet.serving.server import serve as run
 
     predictor = WAMPredictor(

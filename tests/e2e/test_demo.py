@@ -33,16 +33,19 @@ def test_demo_runs_platform_and_fleet_and_shows_the_catalog(tmp_path: Path) -> N
     assert "sim-1" in out and "sim-2" in out
     assert "reach-v3" in out and "push-v3" in out
     demo = tmp_path / "data" / "demo"
-    # The trained policy was served and drove sim-1 on both tasks; those episodes were uploaded too.
-    assert "trained policy v1: loss" in out
+    # A retrain ran the pipeline and registered version 1, which was served and drove sim-1 on
+    # both tasks; those episodes were uploaded too, stamped with the version.
+    assert "retrained wamfleet-policy/1 (alias candidate): loss" in out
     assert "closed loop: robot sim-1 driven by the served policy" in out
     assert "2 autonomous episodes uploaded and committed" in out
-    assert (demo / "policies" / "v1" / "policy.json").exists()
+    assert "models:/wamfleet-policy/1 served at" in out
     with sqlite3.connect(demo / "catalog.db") as db:
         assert db.execute("select count(*) from episodes").fetchone()[0] == 6
         assert db.execute("select count(*) from robots").fetchone()[0] == 2
         rows = db.execute("select policy_version from episodes where source = 'autonomous'").fetchall()
-        assert rows == [("v1",), ("v1",)]
+        assert rows == [("wamfleet-policy/1",), ("wamfleet-policy/1",)]
+        runs = db.execute("select status, model_version, candidate from retrain_runs").fetchall()
+        assert runs == [("succeeded", "1", 1)]
     manifests = [
         m
         for m in (demo / "objects" / "episodes").rglob("manifest.json")
