@@ -42,18 +42,32 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+class PipelineFailed(RuntimeError):
+    pass
+
+
 def run_local(settings: Settings, params: RetrainParams, retrain_run_id: str = "") -> LocalRun:
-    """Runs the whole pipeline here; raises when any component fails (its error in the message)."""
+    """Runs the whole pipeline here; raises PipelineFailed naming the failing step and its error."""
     from kfp import local
 
     from wamfleet.pipelines.pipeline import continuous_finetune
+    from wamfleet.pipelines.steps import ERROR_FILE_ENV
 
     root = (settings.data_dir / "kfp").resolve()
     root.mkdir(parents=True, exist_ok=True)
     os.environ.update(settings_env(settings))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
-    task = continuous_finetune(params_json=params.model_dump_json(), retrain_run_id=retrain_run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        errors = Path(tmp) / "errors.txt"
+        os.environ[ERROR_FILE_ENV] = str(errors)
+        try:
+            task = continuous_finetune(params_json=params.model_dump_json(), retrain_run_id=retrain_run_id)
+        except RuntimeError as exc:
+            found = errors.read_text().strip() if errors.exists() else ""
+            raise PipelineFailed(found or str(exc)) from exc
+        finally:
+            os.environ.pop(ERROR_FILE_ENV, None)
     return LocalRun(
         version=str(task.outputs["version"]), candidate=bool(task.outputs["candidate"]), pipeline_root=root
     )

@@ -7,13 +7,17 @@ and leaves its real output in the object store or MLflow, so a step can run on a
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.contracts.retrain import RetrainParams
@@ -23,6 +27,28 @@ from wamfleet.platform.storage.factory import open_object_store
 
 log = logging.getLogger(__name__)
 ACTOR = "pipeline"
+ERROR_FILE_ENV = "WAMFLEET_PIPELINE_ERROR_FILE"
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def step(func: Callable[P, R]) -> Callable[P, R]:
+    """Names the failing step and its error in WAMFLEET_PIPELINE_ERROR_FILE when that is set:
+    kfp.local reports only that a task failed, and the retrain run should say why."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:
+            target = os.environ.get(ERROR_FILE_ENV)
+            if target:
+                name = func.__name__.removesuffix("_step")
+                with open(target, "a", encoding="utf-8") as f:
+                    f.write(f"{name}: {type(exc).__name__}: {exc}\n")
+            raise
+
+    return wrapper
 
 
 @dataclass
@@ -46,6 +72,7 @@ def parse_params(params_json: str) -> RetrainParams:
     return RetrainParams.model_validate_json(params_json or "{}")
 
 
+@step
 def snapshot_step(params_json: str) -> str:
     from wamfleet.pipelines.snapshot import freeze_snapshot
 
@@ -55,6 +82,7 @@ def snapshot_step(params_json: str) -> str:
     return snapshot.snapshot_hash
 
 
+@step
 def validate_step(snapshot_hash: str) -> str:
     """Returns a one-line summary; the report is stored next to the snapshot."""
     from wamfleet.pipelines.snapshot import load_snapshot
@@ -68,6 +96,7 @@ def validate_step(snapshot_hash: str) -> str:
     return json.dumps(summary)
 
 
+@step
 def curate_step(snapshot_hash: str, params_json: str) -> str:
     from wamfleet.pipelines.curate import curate, save_curated
     from wamfleet.pipelines.snapshot import load_snapshot
@@ -97,6 +126,7 @@ class ShardsOutput:
     parent_version: str  # "" when training a new model
 
 
+@step
 def shards_step(snapshot_hash: str, dataset_hash: str, params_json: str) -> ShardsOutput:
     """Resolves the parent version once (later steps use this version, even if aliases move)."""
     from mlflow import MlflowClient
@@ -129,6 +159,7 @@ def shards_step(snapshot_hash: str, dataset_hash: str, params_json: str) -> Shar
     return ShardsOutput(index.key, str(parent.version) if parent is not None else "")
 
 
+@step
 def finetune_step(
     index_key: str, parent_version: str, params_json: str, pipeline_run: str, policy_path: str
 ) -> str:
@@ -192,6 +223,7 @@ def finetune_step(
         return str(run.info.run_id)
 
 
+@step
 def evaluate_step(index_key: str, policy_path: str, params_json: str) -> str:
     """Scores the candidate and the current champion on the same layouts; returns EvalReport JSON."""
     from mlflow import MlflowClient
@@ -252,6 +284,7 @@ class RegisterOutput:
     candidate: bool
 
 
+@step
 def register_step(
     policy_path: str,
     mlflow_run_id: str,

@@ -94,7 +94,7 @@ def test_retrain_registers_a_version_with_lineage(fleet_data: Settings, tmp_path
         assert version.tags.get(tag), f"version 1 lacks the lineage tag {tag}"
     assert version.tags["wamfleet.parent_version"] == "none"
     assert version.tags[TAG_GATE] == "passed"
-    assert client.get_model_version_by_alias("wamfleet-policy", CANDIDATE).version == "1"
+    assert str(client.get_model_version_by_alias("wamfleet-policy", CANDIDATE).version) == "1"
     run = client.get_run(str(version.run_id))
     assert {"eval_success_rate", "eval_offline_action_mse", "final_loss", "train_loss"} <= set(
         run.data.metrics
