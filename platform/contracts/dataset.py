@@ -1,8 +1,9 @@
 """Dataset snapshots: the frozen, content-addressed input of a retrain.
 
 A snapshot lists episodes by id and manifest sha256 (so a re-uploaded or altered episode is
-a different snapshot) with the fields curation groups by. Its hash covers exactly that list:
-the same episodes always give the same hash, whatever query found them. Stored as
+a different snapshot) with the fields curation groups by. Its hash covers exactly those entries:
+the same episodes always give the same hash, whatever query found them, and an edited entry
+no longer matches it. Stored as
 `datasets/<hash>/snapshot.json`; the validation result and curated datasets live beside it.
 """
 
@@ -66,8 +67,8 @@ class SnapshotEpisode(BaseModel):
 
 
 def content_hash(episodes: list[SnapshotEpisode]) -> str:
-    """sha256 over the sorted (episode id, manifest sha256) pairs."""
-    lines = sorted(f"{e.episode_id} {e.manifest_sha256}\n" for e in episodes)
+    """sha256 over every entry's canonical JSON (id, manifest sha256 and the indexed fields), sorted."""
+    lines = sorted(e.model_dump_json() + "\n" for e in episodes)
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
