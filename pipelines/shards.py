@@ -108,6 +108,12 @@ def _specs(catalog: Catalog, dataset: CuratedDataset, versions: dict[str, int]) 
             spec = get_embodiment(session, name, versions.get(name))
             if spec is None:
                 raise ShardError(f"embodiment {name!r}: not registered in the catalog")
+            sizes = {(c.height, c.width) for c in spec.cameras}
+            if len(sizes) > 1:
+                raise ShardError(
+                    f"embodiment {name!r}: cameras have different sizes {sorted(sizes)}; the model tiles "
+                    "views of one size (record them at one size)"
+                )
             specs[name] = spec
     return specs
 

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from pydantic import SecretStr
 
 from wamfleet.fleet_agent.sim.fleet import FleetMode
-from wamfleet.pipelines.registry import CANDIDATE, LINEAGE_TAGS, TAG_GATE, TAG_RETRAIN, configure_mlflow
+from wamfleet.pipelines.registry import CANDIDATE, LINEAGE_TAGS, TAG_GATE, TAG_RETRAIN
 from wamfleet.pipelines.run import settings_env
 from wamfleet.platform.api.app import create_app
 from wamfleet.platform.api.server import serve_in_thread
@@ -50,6 +50,12 @@ def fleet_data(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return settings
 
 
+def registry(settings: Settings) -> MlflowClient:
+    """An explicit client: no global MLflow state leaks into other tests."""
+    uri = settings.effective_mlflow_uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def _retrain(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = os.environ | settings_env(settings) | {"OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     cmd = [sys.executable, "-m", "wamfleet.platform.cli.main", "retrain", *args]
@@ -62,8 +68,7 @@ def test_failing_component_surfaces_its_error_and_sets_no_alias(fleet_data: Sett
     result = _retrain(fleet_data, "--params-file", str(params))
     assert result.returncode == 1
     assert "no committed, unquarantined episode matches" in result.stderr
-    configure_mlflow(fleet_data)
-    assert MlflowClient().search_registered_models() == []  # nothing registered, so no alias either
+    assert registry(fleet_data).search_registered_models() == []  # nothing registered, so no alias either
     catalog = Catalog(fleet_data.effective_catalog_url)
     with catalog.session() as session:
         (run,) = list_runs(session)
@@ -87,8 +92,7 @@ def test_retrain_registers_a_version_with_lineage(fleet_data: Settings, tmp_path
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     assert "registered wamfleet-policy version 1, candidate" in result.stdout
 
-    configure_mlflow(fleet_data)
-    client = MlflowClient()
+    client = registry(fleet_data)
     version = client.get_model_version("wamfleet-policy", "1")
     for tag in LINEAGE_TAGS:
         assert version.tags.get(tag), f"version 1 lacks the lineage tag {tag}"
