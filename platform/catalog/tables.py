@@ -180,3 +180,65 @@ class RetrainRun(Base):
     created_at: Mapped[datetime] = mapped_column(index=True)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+
+
+class Rollout(Base):
+    """A candidate version on its way to the fleet; the stage survives a platform restart."""
+
+    __tablename__ = "rollouts"
+
+    rollout_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(200))
+    candidate_version: Mapped[str] = mapped_column(String(64))
+    champion_version: Mapped[str | None] = mapped_column(String(64))
+    stage: Mapped[str] = mapped_column(String(16), index=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    awaiting_approval: Mapped[bool] = mapped_column(Boolean, default=False)
+    config: Mapped[dict[str, Any]]
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    stage_started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class RolloutDecision(Base):
+    """Every decision with the evidence it looked at (also in the audit log)."""
+
+    __tablename__ = "rollout_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.rollout_id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime]
+    action: Mapped[str] = mapped_column(String(16))
+    from_stage: Mapped[str] = mapped_column(String(16))
+    to_stage: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(80))
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class PolicyEndpoint(Base):
+    """Where a model version is served (a local server process or an InferenceService)."""
+
+    __tablename__ = "policy_endpoints"
+
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    backend: Mapped[str] = mapped_column(String(16))
+    url: Mapped[str] = mapped_column(String(500))
+    handle: Mapped[str] = mapped_column(String(200))  # host:pid, or the InferenceService name
+    started_at: Mapped[datetime]
+
+
+class RobotAssignment(Base):
+    """The last assignment each robot was given (at an episode boundary)."""
+
+    __tablename__ = "robot_assignments"
+
+    robot_id: Mapped[str] = mapped_column(ForeignKey("robots.robot_id", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[str | None] = mapped_column(String(64))
+    rollout_id: Mapped[str | None] = mapped_column(String(36))
+    cohort: Mapped[str | None] = mapped_column(String(16))
+    stage: Mapped[str | None] = mapped_column(String(16))
+    assigned_at: Mapped[datetime]

@@ -1,0 +1,1 @@
+"""Staged rollouts: stages and gates (pure logic), cohorts, the controller, serving backends."""
