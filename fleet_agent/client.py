@@ -18,6 +18,7 @@ import httpx
 from wamfleet.platform.contracts.embodiment import EmbodimentSpec
 from wamfleet.platform.contracts.episode import EpisodeManifest
 from wamfleet.platform.contracts.ingest import EpisodeSummary, UploadRequest, UploadTicket
+from wamfleet.platform.contracts.rollout import PolicyAssignment
 
 CHUNK = 64 * 1024
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -117,6 +118,10 @@ class PlatformClient:
 
     def embodiment(self, name: str) -> EmbodimentSpec:
         return EmbodimentSpec.model_validate(self._request("GET", f"v1/embodiments/{name}").json())
+
+    def policy_assignment(self) -> PolicyAssignment:
+        """Which policy version (and endpoint) to run for the next whole episode; ask between episodes."""
+        return PolicyAssignment.model_validate(self._request("GET", "v1/robots/me/policy").json())
 
     def put_file(self, url: str, path: Path, size: int, throttle: TokenBucket | None = None) -> None:
         """Streams a file to a presigned URL (absolute, or relative to the API)."""

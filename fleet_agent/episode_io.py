@@ -292,8 +292,16 @@ class EpisodeWriter:
         for values in self._rows.values():
             values.clear()
 
-    def close(self, outcome: Outcome | None = None, *, policy_version: str | None = None) -> EpisodeManifest:
-        """Finishes the files, then writes the manifest (the commit marker) atomically."""
+    def close(
+        self,
+        outcome: Outcome | None = None,
+        *,
+        policy_version: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> EpisodeManifest:
+        """Finishes the files, then writes the manifest (the commit marker) atomically.
+
+        `tags` adds what is only known at the end (e.g. the policy's latency over the episode)."""
         if self._closed:
             raise RuntimeError("episode writer is closed")
         if self.num_frames == 0:
@@ -316,6 +324,8 @@ class EpisodeWriter:
         meta = dict(self._meta)
         if policy_version is not None:
             meta["policy_version"] = policy_version
+        if tags:
+            meta["tags"] = {**(meta.get("tags") or {}), **tags}
         manifest = EpisodeManifest(
             **meta,
             num_frames=self.num_frames,

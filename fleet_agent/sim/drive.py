@@ -28,6 +28,7 @@ from wamfleet.fleet_agent.sim.tasks import instruction_for
 from wamfleet.fleet_agent.spool import Spool
 from wamfleet.platform.contracts.episode import EpisodeSource, Outcome
 from wamfleet.platform.contracts.protocol import PolicyMetadata
+from wamfleet.platform.contracts.rollout import TAG_ERRORS, TAG_LATENCY_P95_MS, TAG_REQUESTS
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,13 @@ class DriveResult:
         return self.stats.policy_version
 
 
+def runner_tags(stats: EpisodeRunStats) -> dict[str, str]:
+    tags = {TAG_REQUESTS: str(stats.requests), TAG_ERRORS: str(len(stats.request_failures))}
+    if stats.latencies_s:
+        tags[TAG_LATENCY_P95_MS] = f"{float(np.percentile(stats.latencies_s, 95)) * 1000:.1f}"
+    return tags
+
+
 def drive_episode(
     client: PolicyClient,
     robot: MetaWorldRobot,
@@ -132,8 +140,12 @@ def drive_episode(
     max_steps: int = 150,
     merge: Merge = "latest",
     site: str | None = "sim",
+    end_tags: Callable[[EpisodeRunStats], dict[str, str]] | None = None,
 ) -> DriveResult:
-    """One autonomous episode into the spool's ready/; discarded if no chunk ever arrived."""
+    """One autonomous episode into the spool's ready/; discarded if no chunk ever arrived.
+
+    The manifest's tags carry what the policy did (requests, failed requests, latency p95):
+    the evidence a staged rollout gates on; `end_tags` adds more (a shadow's comparison)."""
     meta = _metadata(client)
     instruction = instruction_for(robot.task)
     writer = spool.start_recording(
@@ -156,7 +168,8 @@ def drive_episode(
             return DriveResult(robot.task, seed, session_id, arm.outcome, stats)
         if len(stats.policy_versions) > 1:
             log.warning("episode %s ran chunks of %s", writer.episode_id, stats.policy_versions)
-        manifest = spool.finish(writer, arm.outcome, policy_version=stats.policy_version)
+        tags = runner_tags(stats) | (end_tags(stats) if end_tags is not None else {})
+        manifest = spool.finish(writer, arm.outcome, policy_version=stats.policy_version, tags=tags)
     episode_id = str(manifest.episode_id)
     return DriveResult(
         robot.task, seed, session_id, arm.outcome, stats, episode_id, spool.dir("ready", episode_id)
