@@ -78,6 +78,16 @@ class Settings(BaseSettings):
     retrain_check_interval_s: float = Field(
         default=300.0, gt=0, description="How often the platform evaluates the retrain policy."
     )
+    rollout_backend: Literal["local", "kserve"] = Field(
+        default="local", description="Where rollouts serve versions: local processes or KServe."
+    )
+    rollout_check_interval_s: float = Field(
+        default=5.0, gt=0, description="How often the platform evaluates active rollouts' gates."
+    )
+    kserve_namespace: str = Field(default="wamfleet", description="Namespace of InferenceServices.")
+    serving_image: str = Field(
+        default="ghcr.io/wamfleet/wamfleet-serving:latest", description="InferenceService predictor image."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
 
     @property
