@@ -83,6 +83,9 @@ def _actions(value: Any) -> NDArray[np.float32]:
     actions = np.asarray(value, dtype=np.float32)
     if actions.ndim != 2 or actions.shape[0] == 0:
         raise PolicyError(f"reply: expected actions [chunk, action_dim], got shape {actions.shape}")
+    if not np.isfinite(actions).all():
+        # A robot never executes NaN/inf: the reply counts as a failed request (safe action instead).
+        raise PolicyError("reply: actions contain NaN or inf")
     return actions
 
 
