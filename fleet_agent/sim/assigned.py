@@ -99,6 +99,7 @@ def _robot_main(plan: AssignedRobotPlan, spool_root: str, out: Any) -> None:
                 seed=layout_seed(plan.seed, f"{plan.robot_id}/assigned/{task}", done),
                 max_steps=plan.max_steps,
                 end_tags=functools.partial(_end_tags, rollout_tags, mirror),
+                assigned_version=assignment.version,
             )
             if mirror is not None:
                 mirror.close()

@@ -141,11 +141,14 @@ def drive_episode(
     merge: Merge = "latest",
     site: str | None = "sim",
     end_tags: Callable[[EpisodeRunStats], dict[str, str]] | None = None,
+    assigned_version: str | None = None,
 ) -> DriveResult:
     """One autonomous episode into the spool's ready/; discarded if no chunk ever arrived.
 
     The manifest's tags carry what the policy did (requests, failed requests, latency p95):
-    the evidence a staged rollout gates on; `end_tags` adds more (a shadow's comparison)."""
+    the evidence a staged rollout gates on; `end_tags` adds more (a shadow's comparison). With an
+    `assigned_version` (a rollout's assignment) an episode is kept even if that version never
+    answered: a policy that only fails is exactly what the rollout must hear about."""
     meta = _metadata(client)
     instruction = instruction_for(robot.task)
     writer = spool.start_recording(
@@ -163,13 +166,14 @@ def drive_episode(
         arm = PolicyDrivenArm(robot, writer)
         arm.reset(seed)
         stats = _runner(client, arm, merge).run_episode(instruction, session_id, max_steps, arm.done)
-        if stats.policy_version is None or arm.steps == 0:
+        version = stats.policy_version or assigned_version
+        if version is None or arm.steps == 0:
             writer.abort()  # the robot only held still: nothing a policy did, nothing to learn from
             return DriveResult(robot.task, seed, session_id, arm.outcome, stats)
         if len(stats.policy_versions) > 1:
             log.warning("episode %s ran chunks of %s", writer.episode_id, stats.policy_versions)
         tags = runner_tags(stats) | (end_tags(stats) if end_tags is not None else {})
-        manifest = spool.finish(writer, arm.outcome, policy_version=stats.policy_version, tags=tags)
+        manifest = spool.finish(writer, arm.outcome, policy_version=version, tags=tags)
     episode_id = str(manifest.episode_id)
     return DriveResult(
         robot.task, seed, session_id, arm.outcome, stats, episode_id, spool.dir("ready", episode_id)

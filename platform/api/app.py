@@ -13,13 +13,14 @@ from datetime import timedelta
 import anyio
 from fastapi import FastAPI
 
-from wamfleet.platform.api import episodes, errors, objects, retrains, robots, uploads
+from wamfleet.platform.api import episodes, errors, objects, retrains, robots, rollouts, uploads
 from wamfleet.platform.api.state import PlatformState
 from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.catalog.ingest import IngestError, IngestService
 from wamfleet.platform.retrains.launcher import RetrainLauncher, launcher_for
 from wamfleet.platform.retrains.policy import RetrainPolicy
 from wamfleet.platform.retrains.scheduler import check_and_launch
+from wamfleet.platform.rollouts.controller import RolloutController, controller_for
 from wamfleet.platform.settings import Settings
 from wamfleet.platform.storage import ObjectStore, open_object_store
 from wamfleet.platform.storage.base import InvalidKey, StorageError
@@ -31,7 +32,10 @@ RETRAIN_REAP_S = 5.0  # how often finished retrain processes/KFP runs are notice
 
 
 def build_state(
-    settings: Settings, store: ObjectStore | None = None, launcher: RetrainLauncher | None = None
+    settings: Settings,
+    store: ObjectStore | None = None,
+    launcher: RetrainLauncher | None = None,
+    rollout_controller: RolloutController | None = None,
 ) -> PlatformState:
     catalog = Catalog(settings.effective_catalog_url)
     if store is None:
@@ -53,6 +57,7 @@ def build_state(
         ingest=ingest,
         admin_token=admin,
         launcher=launcher or launcher_for(settings, catalog),
+        rollouts=rollout_controller or controller_for(settings, catalog),
     )
 
 
@@ -91,15 +96,30 @@ async def _retrain_loop(state: PlatformState) -> None:
             log.exception("checking retrains failed")
 
 
+async def _rollout_loop(state: PlatformState) -> None:
+    """Evaluates the active rollout's gates (and keeps the champion served) on a fixed period."""
+    while True:
+        await asyncio.sleep(state.settings.rollout_check_interval_s)
+        try:
+            if await anyio.to_thread.run_sync(state.rollouts.has_work):
+                await anyio.to_thread.run_sync(state.rollouts.tick)
+        except Exception:
+            log.exception("evaluating rollouts failed")
+
+
 def create_app(
-    settings: Settings, store: ObjectStore | None = None, launcher: RetrainLauncher | None = None
+    settings: Settings,
+    store: ObjectStore | None = None,
+    launcher: RetrainLauncher | None = None,
+    rollout_controller: RolloutController | None = None,
 ) -> FastAPI:
     """`launcher` replaces the one the settings choose (tests use a LocalLauncher with their own command)."""
-    state = build_state(settings, store, launcher)
+    state = build_state(settings, store, launcher, rollout_controller)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(_sweep_expired(state)), asyncio.create_task(_retrain_loop(state))]
+        loops = (_sweep_expired(state), _retrain_loop(state), _rollout_loop(state))
+        tasks = [asyncio.create_task(loop) for loop in loops]
         yield
         for task in tasks:
             task.cancel()
@@ -107,6 +127,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         state.launcher.close()
+        state.rollouts.close()
         state.catalog.dispose()
 
     app = FastAPI(
@@ -119,7 +140,14 @@ def create_app(
     app.add_exception_handler(IngestError, errors.ingest_error)
     app.add_exception_handler(InvalidKey, errors.invalid_key)
     app.add_exception_handler(StorageError, errors.storage_error)
-    for router in (robots.router, uploads.router, episodes.router, objects.router, retrains.router):
+    for router in (
+        robots.router,
+        uploads.router,
+        episodes.router,
+        objects.router,
+        retrains.router,
+        rollouts.router,
+    ):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

@@ -9,6 +9,7 @@ from fastapi import Request
 from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.catalog.ingest import IngestService
 from wamfleet.platform.retrains.launcher import RetrainLauncher
+from wamfleet.platform.rollouts.controller import RolloutController
 from wamfleet.platform.settings import Settings
 from wamfleet.platform.storage.base import ObjectStore
 
@@ -21,6 +22,7 @@ class PlatformState:
     ingest: IngestService
     admin_token: str | None
     launcher: RetrainLauncher
+    rollouts: RolloutController
 
 
 def get_state(request: Request) -> PlatformState:

@@ -1,4 +1,4 @@
-"""Admin calls to the platform API that the CLI makes (register embodiments and robots)."""
+"""Admin calls to the platform API that the CLI makes (robots, episodes, rollouts)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from wamfleet.platform.contracts.ingest import (
     RobotRegistration,
     RobotToken,
 )
+from wamfleet.platform.contracts.rollout import RolloutInfo, StartRollout
 
 
 class AdminClient:
@@ -76,3 +77,17 @@ class AdminClient:
                         for chunk in response.iter_bytes(1 << 20):
                             f.write(chunk)
         return links
+
+    def start_rollout(self, request: StartRollout) -> RolloutInfo:
+        body = request.model_dump(mode="json")
+        return RolloutInfo.model_validate(self._check(self._http.post("/v1/rollouts", json=body)).json())
+
+    def rollouts(self) -> list[RolloutInfo]:
+        return [RolloutInfo.model_validate(r) for r in self._check(self._http.get("/v1/rollouts")).json()]
+
+    def rollout(self, rollout_id: str) -> RolloutInfo:
+        return RolloutInfo.model_validate(self._check(self._http.get(f"/v1/rollouts/{rollout_id}")).json())
+
+    def rollout_action(self, rollout_id: str, action: str) -> RolloutInfo:
+        response = self._http.post(f"/v1/rollouts/{rollout_id}/{action}")
+        return RolloutInfo.model_validate(self._check(response).json())

@@ -17,6 +17,7 @@ from wamfleet.platform.cli import (
     fleet_cmd,
     pipelines_cmd,
     platform_cmd,
+    rollout_cmd,
     serve_cmd,
 )
 from wamfleet.platform.cli.common import load_settings
@@ -45,6 +46,7 @@ app.add_typer(fleet_cmd.app, name="fleet")
 app.add_typer(eval_cmd.app, name="eval")
 app.add_typer(pipelines_cmd.app, name="pipelines")
 app.command("retrain")(pipelines_cmd.retrain)
+app.add_typer(rollout_cmd.app, name="rollout")
 app.command("demo")(demo_cmd.demo)
 app.command("serve")(serve_cmd.serve)
 

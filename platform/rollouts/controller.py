@@ -1,0 +1,462 @@
+"""The rollout controller: assignments, evidence, decisions, and their effects.
+
+All state lives in the catalog (the rollout row and its decisions), so a restarted platform
+resumes every rollout in the stage it was in. `tick` runs on the platform's background loop:
+it makes sure the champion and the candidate are served, gathers the evidence the robots
+reported (their autonomous episodes' outcomes and policy tags since the stage began), asks the
+pure state machine (`stages.decide`) and applies the decision: stage, MLflow aliases, endpoints,
+and a decision record with its evidence (also in the audit log).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from wamfleet.platform.catalog.db import Catalog
+from wamfleet.platform.catalog.queries import audit, now
+from wamfleet.platform.catalog.tables import (
+    Episode,
+    EpisodeTag,
+    Robot,
+    RobotAssignment,
+    Rollout,
+    RolloutDecision,
+)
+from wamfleet.platform.contracts.ids import new_episode_id
+from wamfleet.platform.contracts.rollout import (
+    ACTIVE_STAGES,
+    FINAL_STAGES,
+    TAG_ERRORS,
+    TAG_LATENCY_P95_MS,
+    TAG_REQUESTS,
+    TAG_SHADOW_ACTION_MSE,
+    TAG_SHADOW_ERRORS,
+    TAG_SHADOW_LATENCY_P95_MS,
+    TAG_SHADOW_REQUESTS,
+    TAG_SHADOW_VERSION,
+    ArmEvidence,
+    Decision,
+    Endpoint,
+    Evidence,
+    PolicyAssignment,
+    RolloutConfig,
+    RolloutInfo,
+    ShadowEvidence,
+    StartRollout,
+)
+from wamfleet.platform.rollouts import cohort, gates, stages
+from wamfleet.platform.rollouts.backends.base import ServingBackend
+from wamfleet.platform.rollouts.registry import CANDIDATE, CHAMPION, PREVIOUS, AliasRegistry
+from wamfleet.platform.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class RolloutError(ValueError):
+    """A request the rollout's state does not allow; `status` is the HTTP answer."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def served_version(model_name: str, version: str) -> str:
+    """What a served version calls itself (robots stamp it on their episodes)."""
+    return f"{model_name}/{version}"
+
+
+class RolloutController:
+    def __init__(self, catalog: Catalog, backend: ServingBackend, registry: AliasRegistry) -> None:
+        self.catalog = catalog
+        self.backend = backend
+        self.registry = registry
+        self.model_name = registry.model_name
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def has_work(self) -> bool:
+        """Whether a tick has anything to do: an active rollout, or robots that ask for a policy."""
+        with self.catalog.session() as session:
+            if self.active(session) is not None:
+                return True
+            return session.scalars(select(RobotAssignment.robot_id).limit(1)).first() is not None
+
+    # Queries ---------------------------------------------------------------------------------
+
+    def active(self, session: Session) -> Rollout | None:
+        query = select(Rollout).where(Rollout.model_name == self.model_name, Rollout.stage.in_(ACTIVE_STAGES))
+        return session.scalars(query.order_by(Rollout.created_at)).first()
+
+    def info(self, session: Session, row: Rollout) -> RolloutInfo:
+        decisions = session.scalars(
+            select(RolloutDecision)
+            .where(RolloutDecision.rollout_id == row.rollout_id)
+            .order_by(RolloutDecision.id)
+        )
+        return RolloutInfo(
+            rollout_id=row.rollout_id,
+            model_name=row.model_name,
+            candidate_version=row.candidate_version,
+            champion_version=row.champion_version,
+            stage=row.stage,  # type: ignore[arg-type]
+            paused=row.paused,
+            awaiting_approval=row.awaiting_approval,
+            config=RolloutConfig.model_validate(row.config),
+            reason=row.reason,
+            created_at=row.created_at,
+            stage_started_at=row.stage_started_at,
+            finished_at=row.finished_at,
+            decisions=[
+                Decision(
+                    action=d.action,  # type: ignore[arg-type]
+                    from_stage=d.from_stage,  # type: ignore[arg-type]
+                    to_stage=d.to_stage,  # type: ignore[arg-type]
+                    reason=d.reason,
+                    actor=d.actor,
+                    evidence=Evidence.model_validate(d.evidence) if d.evidence else None,
+                )
+                for d in decisions
+            ],
+        )
+
+    def get(self, rollout_id: str) -> RolloutInfo:
+        with self.catalog.session() as session:
+            row = session.get(Rollout, rollout_id)
+            if row is None:
+                raise RolloutError(f"no rollout {rollout_id!r}", status=404)
+            return self.info(session, row)
+
+    def list_rollouts(self, limit: int = 50) -> list[RolloutInfo]:
+        with self.catalog.session() as session:
+            rows = session.scalars(select(Rollout).order_by(Rollout.created_at.desc()).limit(limit))
+            return [self.info(session, r) for r in rows]
+
+    # Starting ----------------------------------------------------------------------------------
+
+    def start(self, request: StartRollout, actor: str) -> RolloutInfo:
+        candidate = self.registry.resolve(request.candidate)
+        champion = self.registry.get(CHAMPION)
+        if champion == candidate:
+            raise RolloutError(f"candidate: version {candidate} is already the champion")
+        with self._lock, self.catalog.session() as session:
+            running = self.active(session)
+            if running is not None:
+                raise RolloutError(
+                    f"rollout {running.rollout_id} of version {running.candidate_version} is in "
+                    f"{running.stage}; finish or abort it first"
+                )
+            at = now()
+            stage = stages.first_stage(request.config, champion is not None)
+            row = Rollout(
+                rollout_id=str(new_episode_id()),
+                model_name=self.model_name,
+                candidate_version=candidate,
+                champion_version=champion,
+                stage=stage,
+                paused=False,
+                awaiting_approval=False,
+                config=request.config.model_dump(mode="json"),
+                reason=request.reason,
+                created_by=actor,
+                created_at=at,
+                stage_started_at=at,
+            )
+            session.add(row)
+            session.flush()
+            reason = f"version {candidate} against champion {champion or '(none)'}, starting in {stage}"
+            self._record(
+                session,
+                row,
+                Decision(action="start", from_stage=stage, to_stage=stage, reason=reason, actor=actor),
+            )
+            info = self.info(session, row)
+        self.registry.set(CANDIDATE, candidate)
+        return info
+
+    # Assignment --------------------------------------------------------------------------------
+
+    def _endpoint(self, version: str | None) -> str | None:
+        if version is None:
+            return None
+        endpoint = self.backend.endpoints().get(version)
+        return endpoint.url if endpoint is not None else None
+
+    def assignment(self, robot: Robot) -> PolicyAssignment:
+        """What `robot` runs for its next episode; recorded, so the dashboard shows it."""
+        with self.catalog.session() as session:
+            row = self.active(session)
+            champion = self.registry.get(CHAMPION)
+            if row is None:
+                answer = PolicyAssignment(
+                    version=served_version(self.model_name, champion) if champion else None,
+                    endpoint=self._endpoint(champion),
+                    cohort="champion" if champion else None,
+                )
+            else:
+                config = RolloutConfig.model_validate(row.config)
+                arm, shadowed = cohort.assign(
+                    row.stage,  # type: ignore[arg-type]
+                    config,
+                    row.rollout_id,
+                    robot.robot_id,
+                    robot.site,
+                    robot.embodiment_name,
+                )
+                version = row.candidate_version if arm == "candidate" else row.champion_version
+                shadow = None
+                if shadowed and self._endpoint(row.candidate_version):
+                    shadow = Endpoint(
+                        version=served_version(self.model_name, row.candidate_version),
+                        url=self._endpoint(row.candidate_version) or "",
+                    )
+                answer = PolicyAssignment(
+                    version=served_version(self.model_name, version) if version else None,
+                    endpoint=self._endpoint(version),
+                    rollout_id=row.rollout_id,
+                    stage=row.stage,  # type: ignore[arg-type]
+                    cohort=arm if version else None,
+                    shadow=shadow,
+                )
+            record = session.get(RobotAssignment, robot.robot_id) or RobotAssignment(robot_id=robot.robot_id)
+            record.version = answer.version
+            record.rollout_id = answer.rollout_id
+            record.cohort = answer.cohort
+            record.stage = answer.stage
+            record.assigned_at = now()
+            session.merge(record)
+        return answer
+
+    # Evidence ----------------------------------------------------------------------------------
+
+    def evidence(self, session: Session, row: Rollout, at: datetime) -> Evidence:
+        config = RolloutConfig.model_validate(row.config)
+        candidate = served_version(self.model_name, row.candidate_version)
+        champion = served_version(self.model_name, row.champion_version) if row.champion_version else None
+        # The candidate is judged on this stage's episodes; the champion's baseline is everything
+        # it did since the rollout began (in full no in-scope robot runs it any more).
+        episodes = list(
+            session.scalars(
+                select(Episode).where(
+                    Episode.source == "autonomous",
+                    Episode.committed_at >= row.created_at,
+                    Episode.policy_version.in_([v for v in (candidate, champion) if v]),
+                )
+            )
+        )
+        tags: dict[str, dict[str, str]] = {e.episode_id: {} for e in episodes}
+        if episodes:
+            for tag in session.scalars(select(EpisodeTag).where(EpisodeTag.episode_id.in_(list(tags)))):
+                tags[tag.episode_id][tag.key] = tag.value
+        robots = {r.robot_id: r for r in session.scalars(select(Robot))}
+
+        def in_scope(e: Episode) -> bool:
+            robot = robots.get(e.robot_id)
+            return robot is not None and cohort.in_scope(config, robot.site, robot.embodiment_name)
+
+        scoped = [e for e in episodes if in_scope(e)]
+        shadow = ShadowEvidence()
+        mse: list[float] = []
+        shadow_p95: list[float] = []
+        for e in scoped:
+            t = tags[e.episode_id]
+            if t.get(TAG_SHADOW_VERSION) == candidate and e.committed_at >= row.stage_started_at:
+                shadow.episodes += 1
+                shadow.requests += int(t.get(TAG_SHADOW_REQUESTS, "0"))
+                shadow.errors += int(t.get(TAG_SHADOW_ERRORS, "0"))
+                if TAG_SHADOW_ACTION_MSE in t:
+                    mse.append(float(t[TAG_SHADOW_ACTION_MSE]))
+                if TAG_SHADOW_LATENCY_P95_MS in t:
+                    shadow_p95.append(float(t[TAG_SHADOW_LATENCY_P95_MS]))
+        shadow.action_mse = float(np.mean(mse)) if mse else None
+        shadow.latency_p95_ms = float(np.max(shadow_p95)) if shadow_p95 else None
+        this_stage = [e for e in scoped if e.committed_at >= row.stage_started_at]
+        cand = _arm(row.candidate_version, [e for e in this_stage if e.policy_version == candidate], tags)
+        champ = _arm(
+            row.champion_version, [e for e in scoped if champion and e.policy_version == champion], tags
+        )
+        interval = gates.diff_interval(cand, champ, config.confidence) if champ.episodes else None
+        return Evidence(
+            stage=row.stage,  # type: ignore[arg-type]
+            stage_seconds=(at - row.stage_started_at).total_seconds(),
+            candidate=cand,
+            champion=champ,
+            shadow=shadow,
+            success_diff_lower=interval[0] if interval else None,
+            success_diff_upper=interval[1] if interval else None,
+        )
+
+    # Decisions ---------------------------------------------------------------------------------
+
+    def ensure_serving(self) -> None:
+        """The champion and any active rollout's candidate have a live endpoint."""
+        champion = self.registry.get(CHAMPION)
+        wanted = {champion} if champion else set()
+        with self.catalog.session() as session:
+            row = self.active(session)
+            if row is not None:
+                wanted.add(row.candidate_version)
+                if row.champion_version:
+                    wanted.add(row.champion_version)
+        for version in sorted(wanted):
+            try:
+                self.backend.ensure(version)
+            except Exception:  # logged; the next tick tries again
+                log.exception("could not serve version %s", version)
+
+    def tick(self, at: datetime | None = None) -> list[Decision]:
+        """One evaluation of the active rollout; returns the decisions applied (none when waiting)."""
+        at = at or now()
+        self.ensure_serving()
+        applied: list[Decision] = []
+        with self._lock, self.catalog.session() as session:
+            row = self.active(session)
+            if row is None:
+                return applied
+            config = RolloutConfig.model_validate(row.config)
+            evidence = self.evidence(session, row, at)
+            transition = stages.decide(_state(row), config, evidence, at)
+            if not transition.changed:
+                return applied
+            self._save(session, row, transition.state, transition.decision, at)
+            applied.append(transition.decision)
+        self._after(applied)
+        return applied
+
+    def manual(self, rollout_id: str, action: str, actor: str) -> RolloutInfo:
+        with self._lock, self.catalog.session() as session:
+            row = session.get(Rollout, rollout_id)
+            if row is None:
+                raise RolloutError(f"no rollout {rollout_id!r}", status=404)
+            state = _state(row)
+            try:
+                decision = stages.manual(action, state, actor=actor)  # type: ignore[arg-type]
+            except ValueError as exc:
+                raise RolloutError(str(exc)) from None
+            at = now()
+            self._save(session, row, stages.apply_manual(decision, state, at), decision, at)
+            info = self.info(session, row)
+        self._after([decision])
+        return info
+
+    def _save(
+        self, session: Session, row: Rollout, state: stages.RolloutState, decision: Decision, at: datetime
+    ) -> None:
+        row.stage = state.stage
+        row.stage_started_at = state.stage_started_at
+        row.paused = state.paused
+        row.awaiting_approval = state.awaiting_approval
+        if state.stage in FINAL_STAGES:
+            row.finished_at = at
+        self._record(session, row, decision)
+        if decision.to_stage != decision.from_stage:
+            self._move_aliases(row, decision)
+
+    def _move_aliases(self, row: Rollout, decision: Decision) -> None:
+        """Promotion on entering full; a rollback is one alias move."""
+        if decision.to_stage == "full" and decision.from_stage != "full":
+            if row.champion_version:
+                self.registry.set(PREVIOUS, row.champion_version)
+            self.registry.set(CHAMPION, row.candidate_version)
+        if decision.to_stage == "completed":
+            self.registry.delete(CANDIDATE)
+        if decision.to_stage in ("rolled_back", "aborted"):
+            if decision.from_stage in ("full", "completed"):
+                if row.champion_version:
+                    self.registry.set(CHAMPION, row.champion_version)
+                else:
+                    self.registry.delete(CHAMPION)
+            self.registry.delete(CANDIDATE)
+
+    def _after(self, decisions: list[Decision]) -> None:
+        """Stops endpoints nobody runs any more (outside the transaction: it may take seconds)."""
+        if not any(d.to_stage in ("completed", "rolled_back", "aborted") for d in decisions):
+            return
+        champion = self.registry.get(CHAMPION)
+        for version in list(self.backend.endpoints()):
+            if version != champion:
+                try:
+                    self.backend.stop(version)
+                except Exception:
+                    log.exception("could not stop the endpoint of version %s", version)
+
+    def _record(self, session: Session, row: Rollout, decision: Decision) -> None:
+        evidence = decision.evidence.model_dump(mode="json") if decision.evidence else None
+        session.add(
+            RolloutDecision(
+                rollout_id=row.rollout_id,
+                at=now(),
+                action=decision.action,
+                from_stage=decision.from_stage,
+                to_stage=decision.to_stage,
+                reason=decision.reason,
+                actor=decision.actor,
+                evidence=evidence,
+            )
+        )
+        audit(
+            session,
+            decision.actor,
+            f"rollout.{decision.action}",
+            row.rollout_id,
+            candidate=row.candidate_version,
+            champion=row.champion_version,
+            from_stage=decision.from_stage,
+            to_stage=decision.to_stage,
+            reason=decision.reason,
+            evidence=evidence,
+        )
+        log.info("rollout %s: %s %s -> %s: %s", row.rollout_id, decision.action, decision.from_stage,
+                 decision.to_stage, decision.reason)  # fmt: skip
+
+
+def _state(row: Rollout) -> stages.RolloutState:
+    return stages.RolloutState(
+        stage=row.stage,  # type: ignore[arg-type]
+        paused=row.paused,
+        awaiting_approval=row.awaiting_approval,
+        stage_started_at=row.stage_started_at,
+        has_champion=row.champion_version is not None,
+    )
+
+
+def _arm(version: str | None, episodes: list[Episode], tags: dict[str, dict[str, str]]) -> ArmEvidence:
+    arm = ArmEvidence(version=version)
+    p95s = []
+    for e in episodes:
+        t = tags[e.episode_id]
+        arm.episodes += 1
+        arm.successes += int(bool(e.success))
+        arm.requests += int(t.get(TAG_REQUESTS, "0"))
+        arm.errors += int(t.get(TAG_ERRORS, "0"))
+        if TAG_LATENCY_P95_MS in t:
+            p95s.append(float(t[TAG_LATENCY_P95_MS]))
+    arm.latency_p95_ms = float(np.percentile(p95s, 95)) if p95s else None
+    return arm
+
+
+def controller_for(settings: Settings, catalog: Catalog) -> RolloutController:
+    """The controller with the backend the settings name (local processes or KServe)."""
+    registry = AliasRegistry(settings.effective_mlflow_uri, settings.registered_model)
+    backend: ServingBackend
+    if settings.rollout_backend == "kserve":
+        from wamfleet.platform.rollouts.backends.kserve import KServeBackend
+
+        backend = KServeBackend(
+            settings.kserve_namespace,
+            model_name=settings.registered_model,
+            image=settings.serving_image,
+            catalog=catalog,
+        )
+    else:
+        from wamfleet.platform.rollouts.backends.local import LocalServingBackend
+
+        backend = LocalServingBackend(settings, catalog)
+    return RolloutController(catalog, backend, registry)
