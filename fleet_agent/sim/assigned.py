@@ -35,6 +35,9 @@ class AssignedRobotPlan:
     image_size: int = 64
     max_steps: int = 60
     idle_wait_s: float = 0.5  # when no policy is assigned yet
+    until_rollout_ends: int = (
+        0  # > 0: after `episodes`, keep driving while a rollout is active, up to this many
+    )
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,10 @@ class AssignedEpisode:
     versions_seen: tuple[str, ...]  # versions that answered this episode's chunks
     episode_id: str | None
     success: bool
+    task: str = ""
+    progress: float = 0.0
+    requests: int = 0
+    failed_requests: int = 0
 
 
 def _end_tags(rollout_tags: dict[str, str], mirror: ShadowedClient | None, _stats: object) -> dict[str, str]:
@@ -76,8 +83,10 @@ def _robot_main(plan: AssignedRobotPlan, spool_root: str, out: Any) -> None:
 
     try:
         done = 0
-        while done < plan.episodes:
+        while done < max(plan.episodes, plan.until_rollout_ends):
             assignment = platform.policy_assignment()  # an episode boundary: the only place to switch
+            if done >= plan.episodes and assignment.rollout_id is None:
+                break  # the rollout ended: this robot has seen it through
             if assignment.endpoint is None or assignment.version is None:
                 time.sleep(plan.idle_wait_s)
                 continue
@@ -120,6 +129,10 @@ def _robot_main(plan: AssignedRobotPlan, spool_root: str, out: Any) -> None:
                         versions_seen=tuple(result.stats.policy_versions),
                         episode_id=result.episode_id,
                         success=bool(result.outcome.success),
+                        task=task,
+                        progress=float(result.outcome.progress or 0.0),
+                        requests=result.stats.requests,
+                        failed_requests=len(result.stats.request_failures),
                     ),
                 )
             )

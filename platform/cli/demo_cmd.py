@@ -14,10 +14,11 @@ from __future__ import annotations
 import secrets
 import shutil
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import SecretStr
@@ -31,7 +32,11 @@ from wamfleet.platform.cli.admin_client import AdminClient
 from wamfleet.platform.cli.common import fail, load_settings
 from wamfleet.platform.cli.fleet_cmd import parse_tasks, simulate_fleet
 from wamfleet.platform.contracts.ingest import EpisodeSummary
+from wamfleet.platform.contracts.rollout import RolloutInfo
 from wamfleet.platform.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 DEMO_MARKER = ".wamfleet-demo"
 
@@ -45,6 +50,7 @@ class DemoOptions:
     seed: int = 0
     max_steps: int = 150
     train_steps: int = 150
+    rollout_episodes: int = 2
 
 
 @dataclass
@@ -71,6 +77,8 @@ class DemoSummary:
     train_losses: list[float] = field(default_factory=list)
     driven: list[DrivenEpisode] = field(default_factory=list)
     autonomous_committed: int = 0
+    rollout_id: str = ""
+    rollout: RolloutInfo | None = None
 
     @property
     def frames(self) -> int:
@@ -94,18 +102,37 @@ def prepare_data_dir(path: Path) -> None:
 
 
 def run_demo(settings: Settings, options: DemoOptions, console: Console) -> DemoSummary:
-    from wamfleet.fleet_agent.episode_io import EpisodeReader
-    from wamfleet.fleet_agent.sim.metaworld_robot import sawyer_embodiment
-    from wamfleet.pipelines.lerobot_v3 import export_lerobot
     from wamfleet.platform.api.app import create_app
-    from wamfleet.platform.api.server import serve_in_thread
 
     data_dir = settings.data_dir
     prepare_data_dir(data_dir)
     admin_token = secrets.token_urlsafe(24)
-    settings = settings.model_copy(update={"admin_token": SecretStr(admin_token), "catalog_url": None})
+    settings = settings.model_copy(
+        update={"admin_token": SecretStr(admin_token), "catalog_url": None, "rollout_check_interval_s": 1.0}
+    )
     summary = DemoSummary(data_dir=data_dir, lerobot_dir=data_dir / "lerobot")
-    with serve_in_thread(create_app(settings)) as api_url:
+    app = create_app(settings)
+    try:
+        return _run(app, settings, options, console, summary, admin_token)
+    finally:
+        app.state.platform.rollouts.backend.stop_all()  # the demo's policy servers end with it
+
+
+def _run(
+    app: FastAPI,
+    settings: Settings,
+    options: DemoOptions,
+    console: Console,
+    summary: DemoSummary,
+    admin_token: str,
+) -> DemoSummary:
+    from wamfleet.fleet_agent.episode_io import EpisodeReader
+    from wamfleet.fleet_agent.sim.metaworld_robot import sawyer_embodiment
+    from wamfleet.pipelines.lerobot_v3 import export_lerobot
+    from wamfleet.platform.api.server import serve_in_thread
+
+    data_dir = settings.data_dir
+    with serve_in_thread(app) as api_url:
         summary.api_url = api_url
         console.print(f"platform API on {api_url} (SQLite catalog, {settings.storage_backend} object store)")
         simulate_fleet(
@@ -144,7 +171,7 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console) -> Demo
                 export_lerobot(dirs, summary.lerobot_dir, sawyer_embodiment(options.image_size))
                 progress.advance(export)
             retrain_demo_policy(summary, settings, options, admin, console)
-            serve_and_drive(summary, options, admin, api_url, console)
+            roll_out_and_drive(summary, options, admin, api_url, console)
         finally:
             admin.close()
     return summary
@@ -204,52 +231,56 @@ def retrain_demo_policy(
     summary.train_losses = [m.value for m in sorted(history, key=lambda m: m.step)]
 
 
-def serve_and_drive(
+def roll_out_and_drive(
     summary: DemoSummary, options: DemoOptions, admin: AdminClient, api_url: str, console: Console
 ) -> None:
-    """Serves the trained policy and lets robot sim-1 drive every task with it, uploading the episodes."""
-    from wamfleet.fleet_agent.client import PlatformClient
-    from wamfleet.fleet_agent.sim.drive import drive
-    from wamfleet.fleet_agent.spool import Spool
-    from wamfleet.fleet_agent.uploader import Uploader
-    from wamfleet.serving.launch import serve_subprocess
+    """Rolls the new version out to the simulated fleet; robots drive whatever they are assigned."""
+    from wamfleet.fleet_agent.sim.assigned import AssignedRobotPlan, run_assigned_fleet
+    from wamfleet.platform.contracts.rollout import RolloutConfig, StartRollout
 
     assert summary.model_uri is not None
-    spool_dir = summary.data_dir / "spool" / "sim-1"
-    log = summary.data_dir / "serve.log"
-    version_args = ["--version", summary.policy_version]
-    with serve_subprocess(summary.model_uri, log_path=log, extra_args=version_args) as url:
-        endpoint = url.replace("http://", "ws://")
-        console.print(f"{summary.model_uri} served at {url} (v2 REST) and {endpoint} (openpi websocket)")
-        for task in options.tasks:
-            results = drive(
-                endpoint,
-                task,
-                1,
-                spool_dir=spool_dir,
-                robot_id="sim-1",
-                max_steps=options.max_steps,
-                seed=options.seed,
-                image_size=options.image_size,
-            )
-            for r in results:
-                p50 = r.stats.latency_p50_s
-                summary.driven.append(
-                    DrivenEpisode(
-                        task=task,
-                        success=bool(r.outcome.success),
-                        progress=float(r.outcome.progress or 0.0),
-                        policy_version=r.policy_version or "",
-                        requests=r.stats.requests,
-                        latency_p50_ms=(p50 or 0.0) * 1000,
-                    )
+    version = summary.policy_version.rsplit("/", 1)[-1]
+    # The first version has no champion to compare with: the whole fleet is its canary, judged
+    # on its own (success floor 0, latency and error bounds), then it goes full and completes.
+    config = RolloutConfig(
+        canary_percent=100, canary_min_episodes=2, full_min_episodes=2, latency_p95_budget_ms=30_000
+    )
+    info = admin.start_rollout(StartRollout(candidate=version, config=config, reason="wamfleet demo"))
+    summary.rollout_id = info.rollout_id
+    console.print(f"rollout {info.rollout_id}: version {version} starts in {info.stage}")
+    robots = [f"sim-{k + 1}" for k in range(options.robots)]
+    plans = [
+        AssignedRobotPlan(
+            robot_id,
+            api_url,
+            admin.robot_token(robot_id, "sawyer-metaworld", site="sim"),
+            options.tasks,
+            options.rollout_episodes,
+            seed=options.seed,
+            image_size=options.image_size,
+            max_steps=options.max_steps,
+        )
+        for robot_id in robots
+    ]
+    with console.status("robots driving under their assignments (the first episodes wait for the server)"):
+        for episode in run_assigned_fleet(plans, summary.data_dir / "spool-autonomous"):
+            summary.driven.append(
+                DrivenEpisode(
+                    task=f"{episode.robot_id} {episode.task}",
+                    success=episode.success,
+                    progress=episode.progress,
+                    policy_version=f"{episode.assigned_version} ({episode.stage})",
+                    requests=episode.requests,
+                    latency_p50_ms=0.0,
                 )
-    token = admin.robot_token("sim-1", "sawyer-metaworld", site="sim")
-    uploader = Uploader(Spool(spool_dir), PlatformClient(api_url, token))
-    try:
-        summary.autonomous_committed = len(uploader.run_once().committed)
-    finally:
-        uploader.client.close()
+            )
+            summary.autonomous_committed += int(episode.episode_id is not None)
+    deadline = time.monotonic() + 60
+    while True:
+        summary.rollout = admin.rollout(info.rollout_id)
+        if summary.rollout.stage in ("completed", "rolled_back", "aborted") or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
 
 
 def print_summary(summary: DemoSummary, console: Console) -> None:
@@ -279,16 +310,23 @@ def print_summary(summary: DemoSummary, console: Console) -> None:
             f"{summary.train_losses[-1]:.3f} over {len(summary.train_losses)} steps"
         )
     if summary.driven:
-        driven = Table(title="closed loop: robot sim-1 driven by the served policy")
-        for column in ("task", "success", "progress", "policy", "requests", "latency p50"):
+        driven = Table(title="closed loop: the fleet driven by its assigned policy")
+        for column in ("robot, task", "success", "progress", "policy (stage)", "requests"):
             driven.add_column(column)
         for d in summary.driven:
             driven.add_row(
-                d.task, "yes" if d.success else "no", f"{d.progress:.2f}", d.policy_version, str(d.requests),
-                f"{d.latency_p50_ms:.0f} ms",
-            )  # fmt: skip
+                d.task, "yes" if d.success else "no", f"{d.progress:.2f}", d.policy_version, str(d.requests)
+            )
         console.print(driven)
         console.print(f"{summary.autonomous_committed} autonomous episodes uploaded and committed")
+    if summary.rollout is not None:
+        decisions = Table(title=f"rollout {summary.rollout.rollout_id}: every decision")
+        for column in ("action", "from", "to", "by", "reason"):
+            decisions.add_column(column)
+        for dec in summary.rollout.decisions:
+            decisions.add_row(dec.action, dec.from_stage, dec.to_stage, dec.actor, dec.reason)
+        console.print(decisions)
+        console.print(f"rollout ended in stage {summary.rollout.stage}")
     console.print(f"catalog: {summary.data_dir / 'catalog.db'}")
     console.print(f"MLflow: {summary.data_dir / 'mlflow.db'} (mlflow ui --backend-store-uri sqlite:///...)")
     console.print(f"object store: {summary.data_dir / 'objects'}")

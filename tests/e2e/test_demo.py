@@ -33,17 +33,20 @@ def test_demo_runs_platform_and_fleet_and_shows_the_catalog(tmp_path: Path) -> N
     assert "sim-1" in out and "sim-2" in out
     assert "reach-v3" in out and "push-v3" in out
     demo = tmp_path / "data" / "demo"
-    # A retrain ran the pipeline and registered version 1, which was served and drove sim-1 on
-    # both tasks; those episodes were uploaded too, stamped with the version.
+    # A retrain ran the pipeline and registered version 1, which was rolled out to the simulated
+    # fleet: canary (the whole fleet: no champion yet), full, completed, every decision printed;
+    # the robots' episodes were uploaded too, stamped with the version.
     assert "retrained wamfleet-policy/1 (alias candidate): loss" in out
-    assert "closed loop: robot sim-1 driven by the served policy" in out
-    assert "2 autonomous episodes uploaded and committed" in out
-    assert "models:/wamfleet-policy/1 served at" in out
+    assert "closed loop: the fleet driven by its assigned policy" in out
+    assert "autonomous episodes uploaded and committed" in out
+    assert "every decision" in out and "rollout ended in stage completed" in out
     with sqlite3.connect(demo / "catalog.db") as db:
-        assert db.execute("select count(*) from episodes").fetchone()[0] == 6
         assert db.execute("select count(*) from robots").fetchone()[0] == 2
         rows = db.execute("select policy_version from episodes where source = 'autonomous'").fetchall()
-        assert rows == [("wamfleet-policy/1",), ("wamfleet-policy/1",)]
+        assert len(rows) >= 4 and set(rows) == {("wamfleet-policy/1",)}
+        assert f"{len(rows)} autonomous episodes uploaded and committed" in out
+        decisions = db.execute("select action, to_stage from rollout_decisions order by id").fetchall()
+        assert decisions == [("start", "canary"), ("advance", "full"), ("complete", "completed")]
         runs = db.execute("select status, model_version, candidate from retrain_runs").fetchall()
         assert runs == [("succeeded", "1", 1)]
     manifests = [
