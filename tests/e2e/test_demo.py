@@ -24,9 +24,13 @@ def test_demo_runs_platform_and_fleet_and_shows_the_catalog(tmp_path: Path) -> N
         "--train-steps",
         "20",
     ]
-    for _ in range(2):  # a second run starts again from an empty demo dir
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr
+    # A leftover from an earlier demo run: the demo starts again from an empty demo dir.
+    stale = tmp_path / "data" / "demo"
+    stale.mkdir(parents=True)
+    (stale / ".wamfleet-demo").write_text("earlier run\n")
+    (stale / "catalog.db").write_text("not a database")
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "the catalog's view" in out
     assert "4 episodes" in out
