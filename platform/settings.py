@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     serving_image: str = Field(
         default="ghcr.io/wamfleet/wamfleet-serving:latest", description="InferenceService predictor image."
     )
+    kserve_template_file: Path | None = Field(
+        default=None, description="JSON of InferenceService options (GPUs, nodeSelector, tolerations, ...)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
 
     @property

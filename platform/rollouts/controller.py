@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import datetime
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -442,17 +444,47 @@ def _arm(version: str | None, episodes: list[Episode], tags: dict[str, dict[str,
     return arm
 
 
+class KServeOptions(BaseModel):
+    """What WAMFLEET_KSERVE_TEMPLATE_FILE holds (the Helm chart renders it from its values)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpus: int = Field(default=1, ge=0)
+    cpu: str = "4"
+    memory: str = "32Gi"
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] | None = None
+    service_account: str | None = None
+    mlflow_secret: str = "wamfleet-serving"
+    env_from_secrets: list[str] = Field(default_factory=list)
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int | None = Field(default=None, ge=1)
+    storage_uri_template: str = "models:/{model_name}/{version}"
+
+
 def controller_for(settings: Settings, catalog: Catalog) -> RolloutController:
     """The controller with the backend the settings name (local processes or KServe)."""
     registry = AliasRegistry(settings.effective_mlflow_uri, settings.registered_model)
     backend: ServingBackend
     if settings.rollout_backend == "kserve":
-        from wamfleet.platform.rollouts.backends.kserve import KServeBackend
+        from wamfleet.platform.rollouts.backends.kserve import KServeBackend, ServingResources
 
+        options = KServeOptions.model_validate_json(
+            settings.kserve_template_file.read_text() if settings.kserve_template_file else "{}"
+        )
         backend = KServeBackend(
             settings.kserve_namespace,
             model_name=settings.registered_model,
             image=settings.serving_image,
+            storage_uri_template=options.storage_uri_template,
+            resources=ServingResources(gpus=options.gpus, cpu=options.cpu, memory=options.memory),
+            node_selector=options.node_selector,
+            tolerations=options.tolerations,
+            service_account=options.service_account,
+            mlflow_secret=options.mlflow_secret,
+            env_from_secrets=options.env_from_secrets,
+            min_replicas=options.min_replicas,
+            max_replicas=options.max_replicas,
             catalog=catalog,
         )
     else:
