@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     )
     kserve_namespace: str = Field(default="wamfleet", description="Namespace of InferenceServices.")
     serving_image: str = Field(
-        default="ghcr.io/wamfleet/wamfleet-serving:latest", description="InferenceService predictor image."
+        default="ghcr.io/wamfleet/wamfleet-serving:0.1.0", description="InferenceService predictor image."
     )
     kserve_template_file: Path | None = Field(
         default=None, description="JSON of InferenceService options (GPUs, nodeSelector, tolerations, ...)."

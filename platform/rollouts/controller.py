@@ -93,9 +93,14 @@ class RolloutController:
 
     # Queries ---------------------------------------------------------------------------------
 
-    def active(self, session: Session) -> Rollout | None:
+    def active(self, session: Session, *, lock: bool = False) -> Rollout | None:
+        """The model's active rollout; `lock` holds its row (PostgreSQL) so that several platform
+        replicas evaluating at once apply each decision once: the second sees the new stage."""
         query = select(Rollout).where(Rollout.model_name == self.model_name, Rollout.stage.in_(ACTIVE_STAGES))
-        return session.scalars(query.order_by(Rollout.created_at)).first()
+        query = query.order_by(Rollout.created_at)
+        if lock:
+            query = query.with_for_update()
+        return session.scalars(query).first()
 
     def info(self, session: Session, row: Rollout) -> RolloutInfo:
         decisions = session.scalars(
@@ -319,7 +324,7 @@ class RolloutController:
         self.ensure_serving()
         applied: list[Decision] = []
         with self._lock, self.catalog.session() as session:
-            row = self.active(session)
+            row = self.active(session, lock=True)
             if row is None:
                 return applied
             config = RolloutConfig.model_validate(row.config)
@@ -334,7 +339,7 @@ class RolloutController:
 
     def manual(self, rollout_id: str, action: str, actor: str) -> RolloutInfo:
         with self._lock, self.catalog.session() as session:
-            row = session.get(Rollout, rollout_id)
+            row = session.get(Rollout, rollout_id, with_for_update=True)
             if row is None:
                 raise RolloutError(f"no rollout {rollout_id!r}", status=404)
             state = _state(row)
