@@ -466,13 +466,29 @@ class KServeOptions(BaseModel):
     max_replicas: int | None = Field(default=None, ge=1)
     storage_uri_template: str = "models:/{model_name}/{version}"
 
+    def template_fields(self) -> dict[str, Any]:
+        """These options as KServeTemplate / KServeBackend keyword arguments (one mapping for both)."""
+        from wamfleet.platform.rollouts.backends.kserve import ServingResources
+
+        return {
+            "storage_uri_template": self.storage_uri_template,
+            "resources": ServingResources(gpus=self.gpus, cpu=self.cpu, memory=self.memory),
+            "node_selector": self.node_selector,
+            "tolerations": self.tolerations,
+            "service_account": self.service_account,
+            "mlflow_secret": self.mlflow_secret,
+            "env_from_secrets": self.env_from_secrets,
+            "min_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
+        }
+
 
 def controller_for(settings: Settings, catalog: Catalog) -> RolloutController:
     """The controller with the backend the settings name (local processes or KServe)."""
     registry = AliasRegistry(settings.effective_mlflow_uri, settings.registered_model)
     backend: ServingBackend
     if settings.rollout_backend == "kserve":
-        from wamfleet.platform.rollouts.backends.kserve import KServeBackend, ServingResources
+        from wamfleet.platform.rollouts.backends.kserve import KServeBackend
 
         options = KServeOptions.model_validate_json(
             settings.kserve_template_file.read_text() if settings.kserve_template_file else "{}"
@@ -481,16 +497,8 @@ def controller_for(settings: Settings, catalog: Catalog) -> RolloutController:
             settings.kserve_namespace,
             model_name=settings.registered_model,
             image=settings.serving_image,
-            storage_uri_template=options.storage_uri_template,
-            resources=ServingResources(gpus=options.gpus, cpu=options.cpu, memory=options.memory),
-            node_selector=options.node_selector,
-            tolerations=options.tolerations,
-            service_account=options.service_account,
-            mlflow_secret=options.mlflow_secret,
-            env_from_secrets=options.env_from_secrets,
-            min_replicas=options.min_replicas,
-            max_replicas=options.max_replicas,
             catalog=catalog,
+            **options.template_fields(),
         )
     else:
         from wamfleet.platform.rollouts.backends.local import LocalServingBackend

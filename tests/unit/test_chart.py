@@ -324,16 +324,8 @@ def test_initial_inference_service_is_the_one_the_platform_would_render() -> Non
     template = KServeTemplate(
         namespace=env["WAMFLEET_KSERVE_NAMESPACE"]["value"],
         model_name=env["WAMFLEET_REGISTERED_MODEL"]["value"],
-        storage_uri_template=options.storage_uri_template,
         image=env["WAMFLEET_SERVING_IMAGE"]["value"],
-        resources=ServingResources(gpus=options.gpus, cpu=options.cpu, memory=options.memory),
-        node_selector=options.node_selector,
-        tolerations=options.tolerations,
-        service_account=options.service_account,
-        mlflow_secret=options.mlflow_secret,
-        env_from_secrets=options.env_from_secrets,
-        min_replicas=options.min_replicas,
-        max_replicas=options.max_replicas,
+        **options.template_fields(),
     )
     platform_is = render_inference_service(template, "1")
     assert chart_is["metadata"]["name"] == platform_is["metadata"]["name"] == "wamfleet-policy-v1"
