@@ -10,15 +10,13 @@ tests can check exactly that.
 from __future__ import annotations
 
 import functools
-import multiprocessing as mp
-import queue
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wamfleet.fleet_agent.sim.fleet import layout_seed
+from wamfleet.fleet_agent.sim.fleet import layout_seed, run_robot_processes
 
 if TYPE_CHECKING:
     from wamfleet.fleet_agent.shadow import ShadowedClient
@@ -153,26 +151,5 @@ def run_assigned_fleet(
     plans: Sequence[AssignedRobotPlan], spool_root: Path, timeout_s: float = 900.0
 ) -> Iterator[AssignedEpisode]:
     """Runs one process per robot; yields every episode as it is uploaded; raises if a robot fails."""
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_robot_main, args=(p, str(spool_root), out), daemon=True) for p in plans]
-    for proc in procs:
-        proc.start()
-    pending = {p.robot_id for p in plans}
-    try:
-        while pending:
-            try:
-                kind, robot_id, payload = out.get(timeout=timeout_s)
-            except queue.Empty:
-                raise TimeoutError(f"robots {sorted(pending)} sent nothing for {timeout_s:.0f}s") from None
-            if kind == "done":
-                pending.discard(robot_id)
-            elif kind == "error":
-                raise RuntimeError(f"robot {robot_id} failed: {payload}")
-            else:
-                yield payload
-    finally:
-        for proc in procs:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
+    for _kind, _robot_id, episode in run_robot_processes(_robot_main, plans, spool_root, timeout_s):
+        yield episode

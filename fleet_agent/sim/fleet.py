@@ -11,7 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -115,39 +115,44 @@ def _robot_main(plan: SimRobotPlan, spool_root: str, out: Any) -> None:
                 manifest = spool.finish(writer, outcome)
             ready = spool.dir("ready", str(manifest.episode_id))
             manifests[ready.name] = manifest
-            out.put(("recorded", plan.robot_id, str(ready), manifest.model_dump_json()))
+            out.put(("recorded", plan.robot_id, (str(ready), manifest.model_dump_json())))
             if uploader is not None:
                 report = uploader.run_once()
                 for name in report.committed:
                     done = manifests[name]
                     out.put(
-                        ("uploaded", plan.robot_id, str(spool.dir("uploaded", name)), done.model_dump_json())
+                        (
+                            "uploaded",
+                            plan.robot_id,
+                            (str(spool.dir("uploaded", name)), done.model_dump_json()),
+                        )
                     )
                 if report.rejected:
                     raise RuntimeError(f"platform refused episodes {report.rejected}")
-        out.put(("done", plan.robot_id, "", ""))
+        out.put(("done", plan.robot_id, None))
     except BaseException as exc:
-        out.put(("error", plan.robot_id, "", f"{type(exc).__name__}: {exc}"))
+        out.put(("error", plan.robot_id, f"{type(exc).__name__}: {exc}"))
         raise
     finally:
         for robot in robots.values():
             robot.close()
 
 
-def run_sim_fleet(
-    plans: Sequence[SimRobotPlan], spool_root: Path, timeout_s: float = 1800.0
-) -> Iterator[FleetEvent]:
-    """Yields each robot's events as they happen; raises if any robot fails."""
+def run_robot_processes(
+    target: Callable[[Any, str, Any], None], plans: Sequence[Any], spool_root: Path, timeout_s: float
+) -> Iterator[tuple[str, str, Any]]:
+    """One spawned process per plan running `target(plan, spool_root, queue)`; yields each robot's
+    (kind, robot_id, payload) messages until every robot sent `done`; raises on an `error`."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_robot_main, args=(p, str(spool_root), out), daemon=True) for p in plans]
+    procs = [ctx.Process(target=target, args=(p, str(spool_root), out), daemon=True) for p in plans]
     for proc in procs:
         proc.start()
     pending = {p.robot_id for p in plans}
     try:
         while pending:
             try:
-                kind, robot_id, directory, payload = out.get(timeout=timeout_s)
+                kind, robot_id, payload = out.get(timeout=timeout_s)
             except queue.Empty:
                 raise TimeoutError(f"robots {sorted(pending)} sent nothing for {timeout_s:.0f}s") from None
             if kind == "done":
@@ -155,11 +160,19 @@ def run_sim_fleet(
             elif kind == "error":
                 raise RuntimeError(f"robot {robot_id} failed: {payload}")
             else:
-                yield FleetEvent(
-                    kind, robot_id, Path(directory), EpisodeManifest.model_validate_json(payload)
-                )
+                yield kind, robot_id, payload
     finally:
         for proc in procs:
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()
+
+
+def run_sim_fleet(
+    plans: Sequence[SimRobotPlan], spool_root: Path, timeout_s: float = 1800.0
+) -> Iterator[FleetEvent]:
+    """Yields each robot's events as they happen; raises if any robot fails."""
+    for kind, robot_id, (directory, manifest) in run_robot_processes(
+        _robot_main, plans, spool_root, timeout_s
+    ):
+        yield FleetEvent(kind, robot_id, Path(directory), EpisodeManifest.model_validate_json(manifest))

@@ -96,9 +96,19 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 
 
 def drive(fleet: Fleet, episodes: int, spool: Path) -> list[AssignedEpisode]:
+    """Each robot drives at least `episodes`, then on while the rollout is active (up to 4x that):
+    how fast the controller decides must not decide whether the rollout can finish."""
     plans = [
         AssignedRobotPlan(
-            robot_id, fleet.api_url, token, TASKS, episodes, seed=k, image_size=96, max_steps=40
+            robot_id,
+            fleet.api_url,
+            token,
+            TASKS,
+            episodes,
+            seed=k,
+            image_size=96,
+            max_steps=40,
+            until_rollout_ends=4 * episodes,
         )
         for k, (robot_id, token) in enumerate(sorted(fleet.tokens.items()))
     ]
@@ -129,7 +139,7 @@ def test_good_candidate_goes_through_every_stage_and_becomes_champion(fleet: Fle
     config = RolloutConfig(
         shadow_min_episodes=2,
         shadow_max_action_mse=1e6,
-        canary_percent=50,
+        canary_percent=75,  # 4 robots: an empty cohort (0.25^4) is rare; see docs/rollouts.md
         canary_min_episodes=3,
         canary_max_episodes=40,
         full_min_episodes=3,
@@ -165,7 +175,7 @@ def test_good_candidate_goes_through_every_stage_and_becomes_champion(fleet: Fle
 def test_corrupted_action_head_is_rolled_back_automatically(fleet: Fleet, tmp_path: Path) -> None:
     config = RolloutConfig(
         shadow=False,
-        canary_percent=50,
+        canary_percent=75,  # 4 robots: an empty cohort (0.25^4) is rare; see docs/rollouts.md
         canary_min_episodes=3,
         guardrail_min_episodes=2,
         success_margin=0.9,
