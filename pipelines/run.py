@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wamfleet.platform.contracts.retrain import RetrainParams
-from wamfleet.platform.settings import ENV_PREFIX, Settings
+from wamfleet.platform.settings import ENV_PREFIX, Settings, runner_env
 
 
 @dataclass(frozen=True)
@@ -23,23 +23,6 @@ class LocalRun:
     version: str
     candidate: bool
     pipeline_root: Path
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as WAMFLEET_* variables (absolute paths: components may run elsewhere)."""
-    env: dict[str, str] = {}
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        if name == "data_dir":
-            value = Path(value).resolve()
-        env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
-    env[f"{ENV_PREFIX}CATALOG_URL"] = settings.effective_catalog_url
-    env[f"{ENV_PREFIX}MLFLOW_TRACKING_URI"] = settings.effective_mlflow_uri
-    return env
 
 
 class PipelineFailed(RuntimeError):
@@ -55,7 +38,10 @@ def run_local(settings: Settings, params: RetrainParams, retrain_run_id: str = "
 
     root = (settings.data_dir / "kfp").resolve()
     root.mkdir(parents=True, exist_ok=True)
-    os.environ.update(settings_env(settings))
+    env = runner_env(settings)  # the same environment every child process of the platform gets
+    for key in [k for k in os.environ if k.startswith(ENV_PREFIX) and k not in env]:
+        del os.environ[key]
+    os.environ.update(env)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,7 +16,6 @@ Fine-tuning then reads tensors only: no video decoding, no text encoder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from wamfleet.pipelines.train_local import LATENT_STATS_CLIPS, embodiment_entry
 from wamfleet.pipelines.windows import WindowSample, episode_windows
 from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.catalog.queries import get_embodiment
+from wamfleet.platform.contracts.checksums import sha256_file
 from wamfleet.platform.contracts.curation import CuratedDataset, CuratedEpisode
 from wamfleet.platform.contracts.embodiment import EmbodimentSpec
 from wamfleet.platform.storage.base import ObjectStore
@@ -91,14 +91,6 @@ class ShardIndex(BaseModel):
 
 def shards_prefix(dataset: CuratedDataset, codec_sha256: str) -> str:
     return f"datasets/{dataset.snapshot_hash}/shards/{dataset.dataset_hash[:16]}-{codec_sha256[:12]}/"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _specs(catalog: Catalog, dataset: CuratedDataset, versions: dict[str, int]) -> dict[str, EmbodimentSpec]:
@@ -227,7 +219,7 @@ def build_shards(
             )
             codec_state = {k: v.detach().cpu().contiguous() for k, v in book.codec.state_dict().items()}
             save_file(codec_state, str(root / CODEC_FILE))
-            codec_sha = _sha256(root / CODEC_FILE)
+            codec_sha = sha256_file(root / CODEC_FILE)
             prefix = shards_prefix(dataset, codec_sha)
             if store.exists(prefix + INDEX_FILE):
                 return ShardIndex.model_validate_json(store.get_bytes(prefix + INDEX_FILE))
@@ -244,7 +236,7 @@ def build_shards(
                 _write_shard(pending[split], tasks, names, root / name)
                 files.append(
                     ShardFile(
-                        name=name, split=split, windows=len(pending[split]), sha256=_sha256(root / name)
+                        name=name, split=split, windows=len(pending[split]), sha256=sha256_file(root / name)
                     )
                 )
                 pending[split] = []
@@ -350,7 +342,7 @@ def fetch_shards(store: ObjectStore, index: ShardIndex, dest: Path, split: Split
             continue
         path = dest / f.name
         store.get_file(index.prefix + f.name, path)
-        if _sha256(path) != f.sha256:
+        if sha256_file(path) != f.sha256:
             raise ShardError(f"{index.prefix}{f.name}: sha256 does not match {INDEX_FILE}")
         parts.append(load_file(str(path)))
     store.get_file(index.prefix + TEXT_FILE, dest / TEXT_FILE)
@@ -362,7 +354,7 @@ def fetch_shards(store: ObjectStore, index: ShardIndex, dest: Path, split: Split
 
 def fetch_codec(store: ObjectStore, index: ShardIndex, dest: Path) -> VideoCodec:
     store.get_file(index.prefix + CODEC_FILE, dest / CODEC_FILE)
-    if _sha256(dest / CODEC_FILE) != index.codec_sha256:
+    if sha256_file(dest / CODEC_FILE) != index.codec_sha256:
         raise ShardError(f"{index.prefix}{CODEC_FILE}: sha256 does not match {INDEX_FILE}")
     codec = VideoCodec(WAMConfig.model_validate(index.config))
     codec.load_state_dict(load_file(str(dest / CODEC_FILE)))

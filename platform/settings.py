@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -118,3 +119,43 @@ class Settings(BaseSettings):
                 shown = str(value)
             rows.append((f"{ENV_PREFIX}{name.upper()}", shown, field.description or ""))
         return rows
+
+
+def _absolute_sqlite(url: str) -> str:
+    """A relative SQLite path would point elsewhere once the runner's cwd is the data dir."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/"):
+        path = url[len(prefix) :]
+        if path and path != ":memory:" and not path.startswith("file:"):
+            return prefix + str(Path(path).resolve())
+    return url
+
+
+def runner_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment plus the WAMFLEET_* settings a child process (a retrain runner, a policy
+    server, a pipeline step) needs to reach the same data as this one."""
+    env = dict(os.environ if base is None else base)
+    secret = settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None
+    values: dict[str, str | None] = {
+        "data_dir": str(settings.data_dir.resolve()),
+        "storage_backend": settings.storage_backend,
+        "s3_endpoint": settings.s3_endpoint,
+        "s3_secure": str(settings.s3_secure).lower(),
+        "s3_region": settings.s3_region,
+        "s3_bucket": settings.s3_bucket,
+        "s3_access_key": settings.s3_access_key,
+        "s3_secret_key": secret,
+        "catalog_url": _absolute_sqlite(settings.effective_catalog_url),
+        "mlflow_tracking_uri": settings.effective_mlflow_uri,
+        "registered_model": settings.registered_model,
+        "ray_address": settings.ray_address,
+        "kfp_host": None,  # a local runner runs here, never submits to KFP itself
+        "log_level": settings.log_level,
+    }
+    for name, value in values.items():
+        key = ENV_PREFIX + name.upper()
+        if value is None:
+            env.pop(key, None)  # an inherited value would contradict the platform's settings
+        else:
+            env[key] = value
+    return env

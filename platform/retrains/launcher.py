@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 from wamfleet.platform.catalog import retrains
 from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.contracts.retrain import RetrainRunInfo, RetrainStatus
-from wamfleet.platform.settings import ENV_PREFIX, Settings
+from wamfleet.platform.settings import Settings, runner_env
 
 log = logging.getLogger(__name__)
 DEFAULT_COMMAND = (sys.executable, "-m", "wamfleet.platform.cli.main")
@@ -85,45 +85,6 @@ class _CatalogUser:
 
 
 # Local --------------------------------------------------------------------------------------
-
-
-def _absolute_sqlite(url: str) -> str:
-    """A relative SQLite path would point elsewhere once the runner's cwd is the data dir."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/"):
-        path = url[len(prefix) :]
-        if path and path != ":memory:" and not path.startswith("file:"):
-            return prefix + str(Path(path).resolve())
-    return url
-
-
-def runner_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment plus the WAMFLEET_* settings the runner needs to reach the same data."""
-    env = dict(os.environ if base is None else base)
-    secret = settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None
-    values: dict[str, str | None] = {
-        "data_dir": str(settings.data_dir.resolve()),
-        "storage_backend": settings.storage_backend,
-        "s3_endpoint": settings.s3_endpoint,
-        "s3_secure": str(settings.s3_secure).lower(),
-        "s3_region": settings.s3_region,
-        "s3_bucket": settings.s3_bucket,
-        "s3_access_key": settings.s3_access_key,
-        "s3_secret_key": secret,
-        "catalog_url": _absolute_sqlite(settings.effective_catalog_url),
-        "mlflow_tracking_uri": settings.effective_mlflow_uri,
-        "registered_model": settings.registered_model,
-        "ray_address": settings.ray_address,
-        "kfp_host": None,  # a local runner runs here, never submits to KFP itself
-        "log_level": settings.log_level,
-    }
-    for name, value in values.items():
-        key = ENV_PREFIX + name.upper()
-        if value is None:
-            env.pop(key, None)  # an inherited value would contradict the platform's settings
-        else:
-            env[key] = value
-    return env
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

@@ -9,7 +9,6 @@ first component fails records its error and leaves no `candidate` alias.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
 import sys
@@ -21,13 +20,12 @@ from pydantic import SecretStr
 
 from wamfleet.fleet_agent.sim.fleet import FleetMode
 from wamfleet.pipelines.registry import CANDIDATE, LINEAGE_TAGS, TAG_GATE, TAG_RETRAIN
-from wamfleet.pipelines.run import settings_env
 from wamfleet.platform.api.app import create_app
 from wamfleet.platform.api.server import serve_in_thread
 from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.catalog.retrains import list_runs
 from wamfleet.platform.cli.fleet_cmd import simulate_fleet
-from wamfleet.platform.settings import Settings
+from wamfleet.platform.settings import Settings, runner_env
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +55,7 @@ def registry(settings: Settings) -> MlflowClient:
 
 
 def _retrain(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = os.environ | settings_env(settings) | {"OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    env = runner_env(settings) | {"OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     cmd = [sys.executable, "-m", "wamfleet.platform.cli.main", "retrain", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=settings.data_dir)
 

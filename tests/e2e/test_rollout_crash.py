@@ -24,12 +24,11 @@ from mlflow import MlflowClient
 
 from tests.unit.serving.policy_support import tiny_policy
 from wamfleet.fleet_agent.sim.metaworld_robot import sawyer_embodiment
-from wamfleet.pipelines.run import settings_env
 from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.cli.admin_client import AdminClient
 from wamfleet.platform.contracts.rollout import RolloutConfig, StartRollout
 from wamfleet.platform.rollouts.backends.local import LocalServingBackend, free_port
-from wamfleet.platform.settings import Settings
+from wamfleet.platform.settings import Settings, runner_env
 from wamfleet.serving.mlflow_model import log_policy
 
 MODEL = "wamfleet-policy"
@@ -55,16 +54,12 @@ def register_versions(settings: Settings, root: Path, count: int) -> MlflowClien
 
 class Platform:
     def __init__(self, settings: Settings, token: str, port: int) -> None:
-        self.env = (
-            os.environ
-            | settings_env(settings)
-            | {
-                "WAMFLEET_ADMIN_TOKEN": token,
-                "WAMFLEET_API_PORT": str(port),
-                "WAMFLEET_ROLLOUT_CHECK_INTERVAL_S": "0.5",
-                "OMP_NUM_THREADS": "1",
-            }
-        )
+        self.env = runner_env(settings) | {
+            "WAMFLEET_ADMIN_TOKEN": token,
+            "WAMFLEET_API_PORT": str(port),
+            "WAMFLEET_ROLLOUT_CHECK_INTERVAL_S": "0.5",
+            "OMP_NUM_THREADS": "1",
+        }
         self.url = f"http://127.0.0.1:{port}"
         self.log = settings.data_dir / "platform.log"
         self.proc: subprocess.Popen[bytes] | None = None

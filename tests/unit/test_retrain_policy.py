@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from wamfleet.platform.retrains.launcher import kfp_status, runner_env
+from wamfleet.platform.retrains.launcher import kfp_status
 from wamfleet.platform.retrains.policy import Decision, RetrainPolicy
-from wamfleet.platform.settings import Settings
+from wamfleet.platform.settings import Settings, runner_env
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 H = timedelta(hours=1)

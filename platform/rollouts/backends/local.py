@@ -31,7 +31,7 @@ from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.catalog.queries import audit, now
 from wamfleet.platform.catalog.tables import PolicyEndpoint
 from wamfleet.platform.contracts.rollout import Endpoint
-from wamfleet.platform.retrains.launcher import DEFAULT_COMMAND, log_tail, runner_env
+from wamfleet.platform.retrains.launcher import DEFAULT_COMMAND, log_tail
 from wamfleet.platform.rollouts.backends.base import (
     BackendName,
     ServingBackend,
@@ -40,7 +40,7 @@ from wamfleet.platform.rollouts.backends.base import (
     model_uri,
     version_label,
 )
-from wamfleet.platform.settings import Settings
+from wamfleet.platform.settings import Settings, runner_env
 
 log = logging.getLogger(__name__)
 SERVED_NAME = "wam"  # `wamfleet serve --name`: readiness at /v2/models/wam/ready
