@@ -55,6 +55,14 @@ class Settings(BaseSettings):
         default="wamfleet-policy",
         description="Name of the MLflow registered model that holds policy versions.",
     )
+    mlflow_ui_url: str | None = Field(
+        default=None,
+        description="Base URL of the MLflow UI the dashboard links versions and runs to; unset: no links.",
+    )
+    dashboard_anonymous_read: bool = Field(
+        default=True,
+        description="Anyone reaching the API may view the dashboard (read-only); false: the admin token.",
+    )
     ray_address: str | None = Field(
         default=None,
         description="Ray cluster for curation and training (`ray://head:10001` on KubeRay); default: local.",

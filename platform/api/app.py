@@ -12,8 +12,9 @@ from datetime import timedelta
 
 import anyio
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
-from wamfleet.platform.api import episodes, errors, objects, retrains, robots, rollouts, uploads
+from wamfleet.platform.api import dashboard, episodes, errors, objects, retrains, robots, rollouts, uploads
 from wamfleet.platform.api.state import PlatformState
 from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.catalog.ingest import IngestError, IngestService
@@ -147,8 +148,11 @@ def create_app(
         objects.router,
         retrains.router,
         rollouts.router,
+        dashboard.router,
+        dashboard.page,
     ):
         app.include_router(router)
+    app.mount("/dashboard/assets", StaticFiles(directory=dashboard.STATIC_DIR), name="dashboard-assets")
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -14,6 +14,7 @@ from wamfleet.platform.api.state import PlatformState, get_state
 from wamfleet.platform.catalog import queries
 from wamfleet.platform.catalog.tables import Robot
 
+ViewerKind = Literal["admin", "anonymous"]
 bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <admin or robot token>`")
 LAST_SEEN_RESOLUTION = timedelta(seconds=30)
 
@@ -71,6 +72,22 @@ def require_robot(principal: Annotated[Principal, Depends(authenticate)]) -> Rob
     return principal.robot
 
 
+def authenticate_viewer(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    state: Annotated[PlatformState, Depends(get_state)],
+) -> ViewerKind:
+    """The dashboard's reader: the admin, or anyone when anonymous reading is on; never a robot."""
+    if credentials is None:
+        if state.settings.dashboard_anonymous_read:
+            return "anonymous"
+        raise _unauthorized("the dashboard needs the admin token (WAMFLEET_DASHBOARD_ANONYMOUS_READ is off)")
+    admin = state.admin_token
+    if admin and hmac.compare_digest(credentials.credentials.encode(), admin.encode()):
+        return "admin"
+    raise _unauthorized("the dashboard accepts only the admin token")
+
+
 AnyPrincipal = Annotated[Principal, Depends(authenticate)]
+Viewer = Annotated[ViewerKind, Depends(authenticate_viewer)]
 Admin = Annotated[Principal, Depends(require_admin)]
 RobotPrincipal = Annotated[Robot, Depends(require_robot)]

@@ -6,6 +6,7 @@ size the manifest declared for that file.
 
 from __future__ import annotations
 
+import mimetypes
 from typing import Annotated
 
 import anyio
@@ -72,4 +73,6 @@ def get_object(key: str, expires: int, signature: str, state: State) -> FileResp
         path = store.local_path(key)
     except ObjectNotFound:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no object {key!r}") from None
-    return FileResponse(path, media_type="application/octet-stream")
+    # The real type lets a browser play a video straight from its signed URL (the dashboard).
+    media_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media_type)

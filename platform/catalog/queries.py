@@ -200,12 +200,18 @@ class EpisodeFilter:
     success: bool | None = None
     source: EpisodeSource | None = None
     site: str | None = None
+    policy_version: str | None = None
 
 
 def search_episodes(
-    session: Session, where: EpisodeFilter, limit: int = 100, after: str | None = None
+    session: Session,
+    where: EpisodeFilter,
+    limit: int = 100,
+    after: str | None = None,
+    newest_first: bool = False,
 ) -> list[Episode]:
-    """Episodes in recording order (UUIDv7 ids sort by time); `after` is the last id of the previous page."""
+    """Episodes in recording order (UUIDv7 ids sort by time), or newest first; `after` is the last id
+    of the previous page."""
     query = select(Episode)
     if where.robot_id:
         query = query.where(Episode.robot_id == where.robot_id)
@@ -229,6 +235,12 @@ def search_episodes(
         query = query.where(Episode.source == where.source.value)
     if where.site:
         query = query.where(Episode.site == where.site)
+    if where.policy_version:
+        query = query.where(Episode.policy_version == where.policy_version)
+    if newest_first:
+        if after:
+            query = query.where(Episode.episode_id < after)
+        return list(session.scalars(query.order_by(Episode.episode_id.desc()).limit(limit)))
     if after:
         query = query.where(Episode.episode_id > after)
     return list(session.scalars(query.order_by(Episode.episode_id).limit(limit)))

@@ -1,0 +1,231 @@
+"""The fleet dashboard: one static page (`/dashboard`) over a read API (`/v1/dashboard/...`).
+
+Reading needs no token while WAMFLEET_DASHBOARD_ANONYMOUS_READ is on (else the admin token); robot
+tokens never read it. The page's buttons call the admin routes themselves (POST /v1/retrains,
+POST /v1/rollouts/{id}/{action}) with the admin token the operator typed in, so the dashboard adds
+no second way to change anything.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi.responses import FileResponse
+from pydantic import ValidationError
+from sqlalchemy import func, select
+
+from wamfleet.platform.api.auth import Viewer
+from wamfleet.platform.api.model_versions import describe_versions
+from wamfleet.platform.api.state import PlatformState, get_state
+from wamfleet.platform.catalog import datasets, queries, retrains
+from wamfleet.platform.catalog.tables import Episode, RetrainRun, Robot, RobotAssignment, Rollout
+from wamfleet.platform.contracts.curation import CuratedDataset, curated_key
+from wamfleet.platform.contracts.dashboard import (
+    CuratedView,
+    DashboardCounts,
+    DashboardInfo,
+    DatasetView,
+    EpisodeMedia,
+    EpisodeVideo,
+    ModelsView,
+    RobotRow,
+    RolloutView,
+)
+from wamfleet.platform.contracts.episode import EpisodeManifest, EpisodeSource, video_file
+from wamfleet.platform.contracts.errors import describe_validation_error
+from wamfleet.platform.contracts.ids import SLUG_PATTERN
+from wamfleet.platform.contracts.ingest import EpisodePage
+from wamfleet.platform.contracts.retrain import RetrainRunInfo
+from wamfleet.platform.contracts.rollout import ACTIVE_STAGES
+from wamfleet.platform.storage.base import ObjectNotFound, StorageError
+
+STATIC_DIR = Path(__file__).with_name("dashboard_static")
+router = APIRouter(prefix="/v1/dashboard", tags=["dashboard"])
+page = APIRouter(tags=["dashboard"])
+State = Annotated[PlatformState, Depends(get_state)]
+
+
+@page.get("/dashboard", include_in_schema=False)
+def dashboard_page() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+
+@router.get("/info", response_model=DashboardInfo)
+def info(viewer: Viewer, state: State) -> DashboardInfo:
+    with state.catalog.session() as s:
+        counts = DashboardCounts(
+            robots=s.scalar(select(func.count()).select_from(Robot)) or 0,
+            episodes=queries.count_episodes(s),
+            autonomous_episodes=s.scalar(
+                select(func.count()).select_from(Episode).where(Episode.source == EpisodeSource.autonomous)
+            )
+            or 0,
+            snapshots=len(datasets.list_snapshots(s, limit=10_000)),
+            retrains=s.scalar(select(func.count()).select_from(RetrainRun)) or 0,
+            rollouts=s.scalar(select(func.count()).select_from(Rollout)) or 0,
+        )
+    return DashboardInfo(
+        viewer=viewer,
+        anonymous_read=state.settings.dashboard_anonymous_read,
+        model_name=state.settings.registered_model,
+        mlflow_ui_url=state.settings.mlflow_ui_url,
+        counts=counts,
+    )
+
+
+@router.get("/robots", response_model=list[RobotRow])
+def robots(_: Viewer, state: State) -> list[RobotRow]:
+    with state.catalog.session() as s:
+        episodes = dict(
+            s.execute(select(Episode.robot_id, func.count()).group_by(Episode.robot_id)).tuples().all()
+        )
+        assignments = {a.robot_id: a for a in s.scalars(select(RobotAssignment))}
+        rows = []
+        for robot in s.scalars(select(Robot).order_by(Robot.robot_id)):
+            base = queries.robot_info(robot)
+            assigned = assignments.get(robot.robot_id)
+            rows.append(
+                RobotRow(
+                    **base.model_dump(),
+                    episodes=episodes.get(robot.robot_id, 0),
+                    assigned_version=assigned.version if assigned else None,
+                    assigned_stage=assigned.stage if assigned else None,
+                    assigned_cohort=assigned.cohort if assigned else None,
+                    assigned_at=assigned.assigned_at if assigned else None,
+                )
+            )
+    return rows
+
+
+@router.get("/episodes", response_model=EpisodePage)
+def episodes(
+    _: Viewer,
+    state: State,
+    robot_id: Annotated[str | None, Query(pattern=SLUG_PATTERN)] = None,
+    task: Annotated[str | None, Query(max_length=200, description="Substring of the instruction.")] = None,
+    success: bool | None = None,
+    source: EpisodeSource | None = None,
+    policy_version: Annotated[str | None, Query(max_length=200)] = None,
+    since: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: uuid.UUID | None = None,
+) -> EpisodePage:
+    """Newest first; `cursor` is the previous page's next_cursor."""
+    where = queries.EpisodeFilter(
+        robot_id=robot_id,
+        task=task,
+        success=success,
+        source=source,
+        since=since,
+        policy_version=policy_version,
+    )
+    with state.catalog.session() as s:
+        after = str(cursor) if cursor else None
+        rows = queries.search_episodes(s, where, limit=limit + 1, after=after, newest_first=True)
+        items = [queries.episode_summary(e) for e in rows[:limit]]
+    return EpisodePage(items=items, next_cursor=str(items[-1].episode_id) if len(rows) > limit else None)
+
+
+@router.get("/episodes/{episode_id}", response_model=EpisodeMedia)
+def episode_media(episode_id: uuid.UUID, _: Viewer, state: State) -> EpisodeMedia:
+    """The episode with a signed URL per camera video, for a <video> element to play."""
+    with state.catalog.session() as s:
+        episode = queries.get_episode(s, episode_id)
+        if episode is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no episode {episode_id}")
+        summary = queries.episode_summary(episode)
+        manifest = EpisodeManifest.model_validate(episode.manifest)
+    expiry = state.ingest.url_expiry
+    videos = [
+        EpisodeVideo(
+            camera=camera.name,
+            path=video_file(camera.name),
+            width=camera.width,
+            height=camera.height,
+            url=state.store.presigned_get_url(manifest.prefix + video_file(camera.name), expiry),
+        )
+        for camera in manifest.cameras
+    ]
+    return EpisodeMedia(episode=summary, instruction=manifest.task, videos=videos)
+
+
+def _curated(state: PlatformState, run: RetrainRun) -> CuratedView:
+    assert run.snapshot_hash and run.dataset_hash
+    view = CuratedView(
+        dataset_hash=run.dataset_hash, retrain_run_id=run.run_id, model_version=run.model_version
+    )
+    try:
+        raw = state.store.get_bytes(curated_key(run.snapshot_hash, run.dataset_hash))
+        view.report = CuratedDataset.model_validate_json(raw).report
+    except ObjectNotFound:
+        view.error = "the curated dataset is not in the object store"
+    except ValidationError as exc:
+        view.error = f"unreadable curated dataset: {describe_validation_error(exc)}"
+    except StorageError as exc:
+        view.error = f"object store: {exc}"
+    return view
+
+
+@router.get("/datasets", response_model=list[DatasetView])
+def dataset_views(
+    _: Viewer, state: State, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> list[DatasetView]:
+    """Snapshots newest first, each with the curations the retrains made of it (and their reports)."""
+    with state.catalog.session() as s:
+        snapshots = datasets.list_snapshots(s, limit=limit)
+        runs = list(
+            s.scalars(
+                select(RetrainRun)
+                .where(RetrainRun.snapshot_hash.in_([r.snapshot_hash for r in snapshots]))
+                .where(RetrainRun.dataset_hash.is_not(None))
+                .order_by(RetrainRun.created_at)
+            )
+        )
+        views = [
+            DatasetView(
+                snapshot_hash=r.snapshot_hash,
+                created_at=r.created_at,
+                episode_count=r.episode_count,
+                key=r.key,
+            )
+            for r in snapshots
+        ]
+    by_hash = {v.snapshot_hash: v for v in views}
+    for run in runs:
+        by_hash[run.snapshot_hash or ""].curated.append(_curated(state, run))
+    return views
+
+
+@router.get("/models", response_model=ModelsView)
+def models(_: Viewer, state: State) -> ModelsView:
+    return describe_versions(
+        state.rollouts.registry.client, state.settings.registered_model, state.settings.mlflow_ui_url
+    )
+
+
+@router.get("/retrains", response_model=list[RetrainRunInfo])
+def retrain_runs(
+    _: Viewer, state: State, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> list[RetrainRunInfo]:
+    with state.catalog.session() as s:
+        return [retrains.run_info(r) for r in retrains.list_runs(s, limit=limit)]
+
+
+@router.get("/rollouts", response_model=list[RolloutView])
+def rollouts(_: Viewer, state: State, limit: Annotated[int, Query(ge=1, le=200)] = 20) -> list[RolloutView]:
+    """Newest first; an active rollout also carries the evidence its gates see right now."""
+    controller = state.rollouts
+    at = queries.now()
+    with controller.catalog.session() as s:
+        rows = s.scalars(select(Rollout).order_by(Rollout.created_at.desc()).limit(limit))
+        return [
+            RolloutView(
+                rollout=controller.info(s, row),
+                evidence=controller.evidence(s, row, at) if row.stage in ACTIVE_STAGES else None,
+            )
+            for row in rows
+        ]
