@@ -6,11 +6,16 @@ always the guinea pigs; within one rollout it never changes, so a cohort is stic
 canary iff its draw is below `canary_percent / 100`, and growing the percentage only adds robots.
 The shadow mirror uses the same draw, so (when canary_percent <= shadow_percent) every canary robot
 has already mirrored its observations to the candidate.
+
+A small fleet can draw nobody (4 robots at 50%: one rollout in 16), and a canary without robots
+waits forever for evidence; so when no in-scope robot's draw falls under the percentage, the one
+with the lowest draw runs the candidate (`canary_floor`): every canary has at least one robot.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Literal, NamedTuple
 
 from wamfleet.platform.contracts.rollout import RolloutConfig, Stage
@@ -42,6 +47,20 @@ class Assignment(NamedTuple):
     shadow: bool
 
 
+def canary_floor(
+    config: RolloutConfig, rollout_id: str, robots: Iterable[tuple[str, str | None, str | None]]
+) -> str | None:
+    """The robot added to an empty canary: of the in-scope (robot_id, site, embodiment), the one with
+    the lowest draw, when none falls under canary_percent; None when the drawn cohort has a robot."""
+    scoped = [robot_id for robot_id, site, embodiment in robots if in_scope(config, site, embodiment)]
+    if not scoped or config.canary_percent <= 0:
+        return None
+    draws = {robot_id: cohort_draw(rollout_id, robot_id) for robot_id in scoped}
+    if any(draw < config.canary_percent / 100 for draw in draws.values()):
+        return None
+    return min(draws, key=lambda robot_id: draws[robot_id])
+
+
 def assign(
     stage: Stage,
     config: RolloutConfig,
@@ -49,13 +68,15 @@ def assign(
     robot_id: str,
     site: str | None,
     embodiment: str | None,
+    floor: str | None = None,
 ) -> Assignment:
     """One robot's assignment in a rollout at `stage` (cohorts only: the controller maps them to versions
     and endpoints, and gives no policy to the "champion" cohort when there is no champion).
 
     * out of scope: champion, no shadow (whatever the stage);
     * shadow: champion executes; robots with draw < shadow_percent mirror to the candidate;
-    * canary: candidate iff draw < canary_percent (sticky);
+    * canary: candidate iff draw < canary_percent (sticky), or it is the `floor` robot
+      (`canary_floor`: the drawn cohort is empty);
     * full, completed: candidate (completed: it is the champion now);
     * rolled_back, aborted: champion.
 
@@ -68,7 +89,8 @@ def assign(
     if stage == "shadow":
         return Assignment("champion", draw < config.shadow_percent / 100)
     if stage == "canary":
-        return Assignment("candidate" if draw < config.canary_percent / 100 else "champion", False)
+        drawn = draw < config.canary_percent / 100 or robot_id == floor
+        return Assignment("candidate" if drawn else "champion", False)
     if stage in ("full", "completed"):
         return Assignment("candidate", False)
     return Assignment("champion", False)  # rolled_back, aborted

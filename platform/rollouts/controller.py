@@ -209,6 +209,14 @@ class RolloutController:
                 )
             else:
                 config = RolloutConfig.model_validate(row.config)
+                floor = None
+                if row.stage == "canary":
+                    fleet = session.execute(
+                        select(Robot.robot_id, Robot.site, Robot.embodiment_name).where(
+                            Robot.revoked_at.is_(None)
+                        )
+                    )
+                    floor = cohort.canary_floor(config, row.rollout_id, fleet.tuples())
                 arm, shadowed = cohort.assign(
                     row.stage,  # type: ignore[arg-type]
                     config,
@@ -216,6 +224,7 @@ class RolloutController:
                     robot.robot_id,
                     robot.site,
                     robot.embodiment_name,
+                    floor,
                 )
                 version = row.candidate_version if arm == "candidate" else row.champion_version
                 shadow = None

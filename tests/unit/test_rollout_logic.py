@@ -17,7 +17,7 @@ from wamfleet.platform.contracts.rollout import (
     ShadowEvidence,
     Stage,
 )
-from wamfleet.platform.rollouts.cohort import Assignment, assign, cohort_draw, in_scope
+from wamfleet.platform.rollouts.cohort import Assignment, assign, canary_floor, cohort_draw, in_scope
 from wamfleet.platform.rollouts.gates import (
     diff_interval,
     guardrail_check,
@@ -528,3 +528,21 @@ def test_manual_validation(action: Any, st: RolloutState, message: str) -> None:
 def test_decide_rejects_evidence_of_another_stage() -> None:
     with pytest.raises(ValueError, match="evidence is for full but the rollout is canary"):
         decide(state("canary"), cfg(), evidence("full"), T0)
+
+
+def test_an_empty_canary_gets_the_robot_with_the_lowest_draw() -> None:
+    c = cfg(canary_percent=1)
+    fleet = [(r, None, "arm") for r in ROBOTS[:4]]
+    empty = next(f"r-{k}" for k in range(1000) if all(cohort_draw(f"r-{k}", r) >= 0.01 for r in ROBOTS[:4]))
+    floor = canary_floor(c, empty, fleet)
+    assert floor == min(ROBOTS[:4], key=lambda r: cohort_draw(empty, r))
+    cohort = {
+        r for r in ROBOTS[:4] if assign("canary", c, empty, r, None, "arm", floor).cohort == "candidate"
+    }
+    assert cohort == {floor}
+    # Only in canary; out-of-scope robots are never the floor; a drawn cohort needs none.
+    assert assign("shadow", c, empty, floor, None, "arm", floor).cohort == "champion"
+    assert canary_floor(cfg(canary_percent=1, embodiments=["other"]), empty, fleet) is None
+    drawn = next(f"r-{k}" for k in range(1000) if any(cohort_draw(f"r-{k}", r) < 0.01 for r in ROBOTS[:4]))
+    assert canary_floor(c, drawn, fleet) is None
+    assert canary_floor(c, empty, []) is None
