@@ -22,7 +22,14 @@ from wamfleet.platform.api.auth import Viewer
 from wamfleet.platform.api.model_versions import describe_versions
 from wamfleet.platform.api.state import PlatformState, get_state
 from wamfleet.platform.catalog import datasets, queries, retrains
-from wamfleet.platform.catalog.tables import Episode, RetrainRun, Robot, RobotAssignment, Rollout
+from wamfleet.platform.catalog.tables import (
+    DatasetSnapshot,
+    Episode,
+    RetrainRun,
+    Robot,
+    RobotAssignment,
+    Rollout,
+)
 from wamfleet.platform.contracts.curation import CuratedDataset, curated_key
 from wamfleet.platform.contracts.dashboard import (
     CuratedView,
@@ -64,7 +71,7 @@ def info(viewer: Viewer, state: State) -> DashboardInfo:
                 select(func.count()).select_from(Episode).where(Episode.source == EpisodeSource.autonomous)
             )
             or 0,
-            snapshots=len(datasets.list_snapshots(s, limit=10_000)),
+            snapshots=s.scalar(select(func.count()).select_from(DatasetSnapshot)) or 0,
             retrains=s.scalar(select(func.count()).select_from(RetrainRun)) or 0,
             rollouts=s.scalar(select(func.count()).select_from(Rollout)) or 0,
         )
