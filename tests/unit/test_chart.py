@@ -202,6 +202,11 @@ def test_schema_closes_every_object_and_types_every_value() -> None:
         ({"minio": {"bundled": False}}, "/s3/endpoint"),
         ({"ray": {"enabled": False}}, "/ray/address"),
         ({"networkPolicy": {"robotPeers": [{"ipBlok": {"cidr": "10.0.0.0/8"}}]}}, "ipBlok"),
+        ({"platform": {"dashboard": {"anonymousRead": "yes"}}}, "/platform/dashboard/anonymousRead"),
+        (
+            {"platform": {"dashboard": {"mlflowUiUrl": "javascript:alert(1)"}}},
+            "/platform/dashboard/mlflowUiUrl",
+        ),
     ],
 )
 def test_bad_values_are_refused_naming_the_value(values: dict[str, Any], named: str) -> None:
@@ -393,6 +398,8 @@ def test_platform_environment_is_valid_settings(profile: str, monkeypatch: pytes
     assert settings.ray_address == f"ray://{ray_cluster}-head-svc.{NAMESPACE}.svc.cluster.local:10001"
     if profile == "production":
         assert settings.s3_endpoint == "s3.fleet.example.com" and settings.s3_secure
+        assert not settings.dashboard_anonymous_read  # behind a public Ingress
+        assert settings.mlflow_ui_url == "https://mlflow.fleet.example.com"
         assert secret_refs["WAMFLEET_CATALOG_URL"] == {"name": "wamfleet-database", "key": "catalog-url"}
         assert "replicas" not in deployment["spec"]  # the HorizontalPodAutoscaler owns it
         hpa = one(objs, "HorizontalPodAutoscaler")
@@ -402,6 +409,7 @@ def test_platform_environment_is_valid_settings(profile: str, monkeypatch: pytes
     else:
         assert settings.s3_endpoint == f"wamfleet-minio.{NAMESPACE}.svc.cluster.local:9000"
         assert not find(objs, "HorizontalPodAutoscaler") and not find(objs, "Ingress")
+        assert settings.dashboard_anonymous_read and "WAMFLEET_MLFLOW_UI_URL" not in env
 
 
 @pytest.mark.parametrize("profile", PROFILES)
