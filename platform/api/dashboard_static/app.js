@@ -448,13 +448,23 @@
     box.replaceChildren(
       el("div", { class: "detail-head" },
         el("h2", { "data-testid": "episode-instruction" }, media.instruction),
-        el("button", { type: "button", class: "secondary", on: { click: () => { window.location.hash = "#/episodes"; } } }, "Close")),
+        el("div", { class: "actions" },
+          videos.length > 1 ? el("button", { type: "button", "data-testid": "play-all", on: { click: () => playAll(box) } }, "Play all cameras") : null,
+          el("button", { type: "button", class: "secondary", on: { click: () => { window.location.hash = "#/episodes"; } } }, "Close"))),
       el("div", { class: "videos" }, videos.length ? videos : empty("This episode has no video.")),
       el("dl", { class: "facts" }, facts.map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
       tags.length ? el("div", {}, el("h3", {}, "Tags"), table(["Tag", "Value"], tags.map(([k, v]) => el("tr", {}, el("td", {}, el("code", {}, k)), el("td", {}, v))))) : null,
     );
     box.hidden = false;
     for (const video of box.querySelectorAll("video")) video.muted = true;
+  }
+
+  /** Every camera from the start, together (the streams share the episode's frame clock). */
+  function playAll(box) {
+    for (const video of box.querySelectorAll("video")) {
+      video.currentTime = 0;
+      video.play().catch((err) => say(`Could not play ${video.dataset.camera}: ${err.message}`, "error"));
+    }
   }
 
   // Datasets
