@@ -209,12 +209,12 @@ def filled_platform(tmp_path: Path) -> Iterator[Filled]:
         yield Filled(url, api, first, rollout.json()["rollout_id"])
 
 
-def video_state(page: Any) -> dict[str, Any]:
-    state: dict[str, Any] = page.locator("[data-testid=episode-video]").first.evaluate(
-        "v => ({ready: v.readyState, time: v.currentTime, played: v.played.length, "
-        "error: v.error && v.error.message, width: v.videoWidth, paused: v.paused})"
+def video_states(page: Any) -> list[dict[str, Any]]:
+    states: list[dict[str, Any]] = page.locator("[data-testid=episode-video]").evaluate_all(
+        "vs => vs.map(v => ({camera: v.dataset.camera, ready: v.readyState, time: v.currentTime, "
+        "played: v.played.length, error: v.error && v.error.message, width: v.videoWidth}))"
     )
-    return state
+    return states
 
 
 def test_dashboard_in_chromium(tmp_path: Path) -> None:
@@ -254,14 +254,16 @@ def test_dashboard_in_chromium(tmp_path: Path) -> None:
         page.wait_for_selector("[data-testid=episode-detail] video")
         assert "reach" in (page.text_content("[data-testid=episode-instruction]") or "").lower()
         assert page.locator("[data-testid=episode-video]").count() == 2  # one per camera
-        page.wait_for_function("document.querySelector('[data-testid=episode-video]').readyState >= 2")
-        page.locator("[data-testid=episode-video]").first.evaluate("v => v.play()")
-        page.wait_for_function(
-            "(() => { const v = document.querySelector('[data-testid=episode-video]');"
-            " return v.currentTime > 0.3 && v.played.length > 0; })()"
+        page.wait_for_function(  # HAVE_CURRENT_DATA: a frame is decoded
+            "[...document.querySelectorAll('[data-testid=episode-video]')].every(v => v.readyState >= 2)"
         )
-        played = video_state(page)
-        assert played["error"] is None and played["width"] == 64, played
+        page.click("[data-testid=play-all]")
+        page.wait_for_function(
+            "[...document.querySelectorAll('[data-testid=episode-video]')]"
+            ".every(v => v.currentTime > 0.3 && v.played.length > 0)"
+        )
+        for played in video_states(page):
+            assert played["error"] is None and played["width"] == 64, played
         page.screenshot(path=str(shots / "dashboard-episode.png"), full_page=True)
 
         # Without the token nothing can be changed.
