@@ -1,4 +1,4 @@
-"""Admin calls to the platform API that the CLI makes (robots, episodes, rollouts)."""
+"""Admin calls to the platform API that the CLI makes (robots, episodes, rollouts, dashboard views)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 
+from wamfleet.platform.contracts.dashboard import DatasetView, ModelsView, RolloutView
 from wamfleet.platform.contracts.embodiment import EmbodimentSpec
 from wamfleet.platform.contracts.episode import MANIFEST_FILE
 from wamfleet.platform.contracts.ingest import (
@@ -16,11 +17,13 @@ from wamfleet.platform.contracts.ingest import (
     RobotRegistration,
     RobotToken,
 )
+from wamfleet.platform.contracts.retrain import RetrainRunInfo
 from wamfleet.platform.contracts.rollout import RolloutInfo, StartRollout
 
 
 class AdminClient:
     def __init__(self, api_url: str, admin_token: str, timeout_s: float = 30.0) -> None:
+        self.token = admin_token
         self._http = httpx.Client(
             base_url=api_url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=timeout_s
         )
@@ -91,3 +94,17 @@ class AdminClient:
     def rollout_action(self, rollout_id: str, action: str) -> RolloutInfo:
         response = self._http.post(f"/v1/rollouts/{rollout_id}/{action}")
         return RolloutInfo.model_validate(self._check(response).json())
+
+    def retrain_runs(self) -> list[RetrainRunInfo]:
+        return [RetrainRunInfo.model_validate(r) for r in self._check(self._http.get("/v1/retrains")).json()]
+
+    def datasets(self) -> list[DatasetView]:
+        response = self._check(self._http.get("/v1/dashboard/datasets"))
+        return [DatasetView.model_validate(d) for d in response.json()]
+
+    def model_versions(self) -> ModelsView:
+        return ModelsView.model_validate(self._check(self._http.get("/v1/dashboard/models")).json())
+
+    def rollout_views(self) -> list[RolloutView]:
+        response = self._check(self._http.get("/v1/dashboard/rollouts", params={"limit": 200}))
+        return [RolloutView.model_validate(r) for r in response.json()]

@@ -1,70 +1,107 @@
-"""`wamfleet demo` as a user runs it: a subprocess, an empty data dir, the real robots and API."""
+"""`wamfleet demo --quick` as a user runs it: a subprocess, an empty data dir, the real robots, the
+platform API, MLflow and its UI, the pipeline twice and two rollouts; then the report is checked.
+
+The demo also is the pipeline's end-to-end test for lineage (both versions carry every lineage tag,
+version 2 names version 1 as its parent) and for what a retrain leaves in the catalog and the store.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
+from mlflow import MlflowClient
+
+from wamfleet.pipelines.registry import LINEAGE_TAGS, TAG_RETRAIN
+from wamfleet.platform.cli.demo_report import DemoReport
 
 
-def test_demo_runs_platform_and_fleet_and_shows_the_catalog(tmp_path: Path) -> None:
-    env = os.environ | {"WAMFLEET_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "wamfleet.platform.cli.main",
-        "demo",
-        "--episodes",
-        "2",
-        "--train-steps",
-        "20",
-    ]
-    # A leftover from an earlier demo run: the demo starts again from an empty demo dir.
-    stale = tmp_path / "data" / "demo"
-    stale.mkdir(parents=True)
-    (stale / ".wamfleet-demo").write_text("earlier run\n")
-    (stale / "catalog.db").write_text("not a database")
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
-    assert "the catalog's view" in out
-    assert "4 episodes" in out
-    assert "sim-1" in out and "sim-2" in out
-    assert "reach-v3" in out and "push-v3" in out
+def test_demo_quick_turns_the_whole_flywheel_and_reports_it(tmp_path: Path) -> None:
     demo = tmp_path / "data" / "demo"
-    # A retrain ran the pipeline and registered version 1, which was rolled out to the simulated
-    # fleet: canary (the whole fleet: no champion yet), full, completed, every decision printed;
-    # the robots' episodes were uploaded too, stamped with the version.
-    assert "retrained wamfleet-policy/1 (alias candidate): loss" in out
-    assert "closed loop: the fleet driven by its assigned policy" in out
-    assert "autonomous episodes uploaded and committed" in out
-    assert "every decision" in out and "rollout ended in stage completed" in out
-    with sqlite3.connect(demo / "catalog.db") as db:
-        assert db.execute("select count(*) from robots").fetchone()[0] == 2
-        rows = db.execute("select policy_version from episodes where source = 'autonomous'").fetchall()
-        assert len(rows) >= 4 and set(rows) == {("wamfleet-policy/1",)}
-        assert f"{len(rows)} autonomous episodes uploaded and committed" in out
-        decisions = db.execute("select action, to_stage from rollout_decisions order by id").fetchall()
-        assert decisions == [("start", "canary"), ("advance", "full"), ("complete", "completed")]
-        runs = db.execute("select status, model_version, candidate from retrain_runs").fetchall()
-        assert runs == [("succeeded", "1", 1)]
-    manifests = [
-        m
-        for m in (demo / "objects" / "episodes").rglob("manifest.json")
-        if '"autonomous"' not in m.read_text()
+    env = os.environ | {"WAMFLEET_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}
+    cmd = [sys.executable, "-m", "wamfleet.platform.cli.main", "demo", "--quick", "--no-serve"]
+    # A leftover from an earlier demo run: the demo starts again from an empty demo dir.
+    demo.mkdir(parents=True)
+    (demo / ".wamfleet-demo").write_text("earlier run\n")
+    (demo / "catalog.db").write_text("not a database")
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    out = result.stdout
+    for step in range(1, 7):
+        assert f"{step}/6 " in out
+    assert "registered wamfleet-policy/1" in out and "registered wamfleet-policy/2" in out
+
+    # The report names two versions, their closed-loop success and every rollout decision.
+    report = DemoReport.model_validate_json((demo / "report" / "report.json").read_text())
+    assert [v.version for v in report.versions] == ["1", "2"]
+    v1, v2 = report.versions
+    assert v1.parent == "none" and v2.parent == "1"
+    for v in (v1, v2):
+        assert v.eval_success_rate is not None and 0.0 <= v.eval_success_rate <= 1.0
+        assert v.train_steps == 40 and v.final_train_loss is not None
+    assert v1.fleet_episodes >= 3 and v1.fleet_success_rate is not None  # it drove the fleet
+    assert v1.latency_p95_ms is not None
+    first, second = report.rollouts
+    assert (first.candidate_version, first.champion_version, first.final_stage) == ("1", None, "completed")
+    assert [(d.action, d.to_stage) for d in first.decisions] == [
+        ("start", "canary"),
+        ("advance", "full"),
+        ("complete", "completed"),
     ]
-    assert len(manifests) == 4
-    assert list((demo / "objects" / "uploads").rglob("*")) == []  # staging emptied after commit
-    assert list(demo.glob("spool/*/ready/*")) == []  # every robot's spool drained
+    assert (second.candidate_version, second.champion_version) == ("2", "1")
+    assert second.final_stage in ("completed", "rolled_back")
+    assert [(d.action, d.to_stage) for d in second.decisions][:2] == [
+        ("start", "shadow"),
+        ("advance", "canary"),
+    ]
+    assert second.decisions[-1].to_stage == second.final_stage
+    if second.final_stage == "completed":
+        assert v2.fleet_episodes >= 1 and "champion" in v2.aliases and "previous" in v1.aliases
+    else:
+        assert "champion" in v1.aliases and "candidate" not in v2.aliases
+    assert report.episodes == 6 + report.autonomous_episodes
+    assert sum(sum(c.values()) for c in report.episodes_by_task_and_robot.values()) == report.episodes
+    (funnel1, funnel2) = report.curation
+    assert funnel1.steps[0] == ("in snapshot", 6)
+    assert funnel2.steps[0][1] > 6  # the second retrain saw the fleet's autonomous episodes too
+
+    page = (demo / "report" / "index.html").read_text()
+    assert "wamfleet-policy/1" in page and "wamfleet-policy/2" in page
+    assert f'data-testid="rollout-stage">{second.final_stage}<' in page
+    assert second.decisions[-1].reason.split(";")[0] in page.replace("&gt;", ">").replace("&lt;", "<")
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 5
+    assert report.dashboard_url.endswith("/dashboard") and report.mlflow_url.startswith("http://127.0.0.1:")
+    assert f"dashboard: {report.dashboard_url}" in out and f"MLflow UI: {report.mlflow_url}" in out
+
+    # Lineage in MLflow and the catalog: each version names its snapshot, dataset, parent, run.
+    uri = f"sqlite:///{demo / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with sqlite3.connect(demo / "catalog.db") as db:
+        runs = db.execute(
+            "select run_id, status, model_version, snapshot_hash from retrain_runs order by created_at"
+        ).fetchall()
+        assert [(r[1], r[2]) for r in runs] == [("succeeded", "1"), ("succeeded", "2")]
+        autonomous = db.execute("select count(*) from episodes where source = 'autonomous'").fetchone()[0]
+        assert autonomous == report.autonomous_episodes
+    for (run_id, _, number, snapshot), expected_parent in zip(runs, ("none", "1"), strict=True):
+        version = client.get_model_version("wamfleet-policy", number)
+        for tag in LINEAGE_TAGS:
+            assert version.tags.get(tag), f"version {number} lacks the lineage tag {tag}"
+        assert version.tags["wamfleet.parent_version"] == expected_parent
+        assert version.tags[TAG_RETRAIN] == run_id and version.tags["wamfleet.snapshot"] == snapshot
+        metrics = client.get_run(str(version.run_id)).data.metrics
+        assert {"eval_success_rate", "eval_offline_action_mse", "final_loss", "train_loss"} <= set(metrics)
+        objects = demo / "objects" / "datasets" / snapshot
+        assert (objects / "snapshot.json").exists() and (objects / "validation.json").exists()
+        assert list((objects / "curated").glob("*.json"))
+
+    # The expert episodes were downloaded, verified and exported as LeRobot v3.
     info = json.loads((demo / "lerobot" / "meta" / "info.json").read_text())
-    assert info["total_episodes"] == 4
-    frames = sum(json.loads(m.read_text())["num_frames"] for m in manifests)
-    assert info["total_frames"] == frames
-    assert f"{frames} frames downloaded and verified" in out
-    tasks = pq.read_table(demo / "lerobot" / "meta" / "tasks.parquet").to_pandas()
-    assert len(tasks) == 2
+    assert info["total_episodes"] == 6
+    assert list((demo / "objects" / "uploads").rglob("*")) == []  # staging emptied after commit
+    assert list(demo.glob("spool*/*/ready/*")) == []  # every robot's spool drained
