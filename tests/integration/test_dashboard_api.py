@@ -9,6 +9,7 @@ autonomous episodes and their policy tags.
 from __future__ import annotations
 
 import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,9 +99,31 @@ def get(api: Api, path: str, headers: dict[str, str] | None = None, **params: An
     return response.json()
 
 
+def registry_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def empty_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store with its tables, made once: creating them takes seconds."""
+    from mlflow import MlflowClient
+
+    directory = tmp_path_factory.mktemp("mlflow")
+    uri = registry_uri(directory)
+    MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models()
+    return directory / "mlflow.db"
+
+
 @pytest.fixture
-def api(tmp_path: Path, catalog_url: str, embodiment: EmbodimentSpec) -> Iterator[Api]:
-    with running_api(settings_for(tmp_path, catalog_url), embodiment) as api:
+def registry(tmp_path: Path, empty_registry: Path) -> str:
+    """This test's own MLflow store (a copy of the empty one); its tracking URI."""
+    shutil.copyfile(empty_registry, tmp_path / "mlflow.db")
+    return registry_uri(tmp_path)
+
+
+@pytest.fixture
+def api(tmp_path: Path, catalog_url: str, embodiment: EmbodimentSpec, registry: str) -> Iterator[Api]:
+    with running_api(settings_for(tmp_path, catalog_url, mlflow_tracking_uri=registry), embodiment) as api:
         yield api
 
 
@@ -142,9 +165,14 @@ def test_anonymous_reading_admin_token_and_robot_tokens(api: Api) -> None:
 
 
 def test_without_anonymous_reading_only_the_admin_token_reads(
-    tmp_path: Path, embodiment: EmbodimentSpec
+    tmp_path: Path, embodiment: EmbodimentSpec, registry: str
 ) -> None:
-    settings = settings_for(tmp_path, f"sqlite:///{tmp_path / 'catalog.db'}", dashboard_anonymous_read=False)
+    settings = settings_for(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'catalog.db'}",
+        dashboard_anonymous_read=False,
+        mlflow_tracking_uri=registry,
+    )
     with running_api(settings, embodiment) as api:
         robot = api.register_robot("robot-1")
         for path in READS:
@@ -360,10 +388,6 @@ def test_datasets_show_each_curation_report_of_a_snapshot(
 # Models and rollouts -----------------------------------------------------------------------------
 
 
-def registry_uri(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
-
-
 def make_registry(tmp_path: Path) -> dict[str, str]:
     """Two versions of the registered model as the pipeline leaves them: run metrics, lineage tags,
     aliases (1 champion, 2 candidate). A real MLflow on SQLite, through a client with an explicit URI."""
@@ -393,9 +417,9 @@ def make_registry(tmp_path: Path) -> dict[str, str]:
 
 
 def test_models_show_versions_metrics_lineage_and_mlflow_links(
-    tmp_path: Path, embodiment: EmbodimentSpec
+    tmp_path: Path, embodiment: EmbodimentSpec, registry: str
 ) -> None:
-    uri = registry_uri(tmp_path)
+    uri = registry
     catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
     with running_api(settings_for(tmp_path, catalog, mlflow_tracking_uri=uri), embodiment) as api:
         empty = ModelsView.model_validate(get(api, "/v1/dashboard/models"))
@@ -420,9 +444,11 @@ def test_models_show_versions_metrics_lineage_and_mlflow_links(
         assert DashboardInfo.model_validate(get(api, "/v1/dashboard/info")).mlflow_ui_url == MLFLOW_UI
 
 
-def test_rollouts_show_stage_decisions_and_live_evidence(tmp_path: Path, embodiment: EmbodimentSpec) -> None:
+def test_rollouts_show_stage_decisions_and_live_evidence(
+    tmp_path: Path, embodiment: EmbodimentSpec, registry: str
+) -> None:
     make_registry(tmp_path)
-    uri = registry_uri(tmp_path)
+    uri = registry
     settings = settings_for(
         tmp_path,
         f"sqlite:///{tmp_path / 'catalog.db'}",
