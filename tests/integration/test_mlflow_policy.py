@@ -34,6 +34,10 @@ def test_registered_policy_resolves_by_alias_and_version(registry: str, tmp_path
     with mlflow.start_run():
         info = log_policy(policy, registered_model_name="wam")
     MlflowClient().set_registered_model_alias("wam", "champion", str(info.registered_model_version))
+    # Requirements are named, not inferred by loading the model once more.
+    version_uri = f"models:/wam/{info.registered_model_version}"
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(version_uri)).read_text()
+    assert "wamfleet==" in requirements and f"torch=={torch.__version__.split('+')[0]}" in requirements
     for uri in ("models:/wam@champion", f"models:/wam/{info.registered_model_version}"):
         resolved = resolve_policy(uri)
         assert (resolved / "policy.json").read_bytes() == (policy / "policy.json").read_bytes()
