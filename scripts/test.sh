@@ -3,6 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+# The dashboard's browser test drives Debian's chromium (no browser is downloaded by playwright).
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "test: installing Debian's chromium for the dashboard browser test" >&2
+  { apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; }; } \
+    || echo "test: could not install chromium; the browser test will say so" >&2
+fi
 export PATH="$PWD/.venv/bin:$PATH"
 ruff check .
 ruff format --check .
