@@ -25,7 +25,7 @@
     info: null,
     tab: "overview",
     episodeId: null,
-    episodes: { items: [], next: null, query: {} },
+    episodes: { items: [], next: null, query: {}, seq: 0 },
     robotsLoaded: false,
     openDetails: new Set(),
   };
@@ -325,7 +325,7 @@
       el(
         "tr",
         { "data-testid": "robot-row", dataset: { robotId: r.robot_id } },
-        el("td", {}, el("a", { href: "#/episodes", title: "its episodes", on: { click: () => { $("q-robot").value = r.robot_id; state.episodes.query = { robot_id: r.robot_id }; } } }, r.robot_id),
+        el("td", {}, el("a", { href: "#/episodes", title: "its episodes", on: { click: () => showRobotEpisodes(r.robot_id) } }, r.robot_id),
           r.revoked ? [" ", badge("revoked", "bad")] : null),
         el("td", {}, r.embodiment),
         el("td", {}, r.site || "–"),
@@ -343,10 +343,18 @@
     return table(headers, rows, { "data-testid": compact ? "overview-robots-table" : "robots-table" });
   }
 
+  /** The episodes tab searching this robot's episodes only (the link's hash change opens it). */
+  function showRobotEpisodes(robotId) {
+    for (const id of ["q-task", "q-success", "q-source", "q-policy"]) $(id).value = "";
+    $("q-robot").value = robotId;
+    state.episodes.query = searchQuery();
+  }
+
   function fillRobotChoices(robots) {
     const select = $("q-robot");
     const current = select.value;
-    select.replaceChildren(el("option", { value: "" }, "any"), robots.map((r) => el("option", { value: r.robot_id }, r.robot_id)));
+    select.replaceChildren();
+    append(select, [el("option", { value: "" }, "any"), robots.map((r) => el("option", { value: r.robot_id }, r.robot_id))]);
     select.value = current;
     state.robotsLoaded = true;
   }
@@ -393,7 +401,9 @@
     if (!state.robotsLoaded) fillRobotChoices(await api("/v1/dashboard/robots"));
     const params = { ...state.episodes.query, limit: PAGE };
     if (more && state.episodes.next) params.cursor = state.episodes.next;
+    const seq = ++state.episodes.seq;
     const page = await api(`/v1/dashboard/episodes${query(params)}`);
+    if (seq !== state.episodes.seq) return; // a newer search was sent meanwhile: its answer wins
     state.episodes.items = more ? state.episodes.items.concat(page.items) : page.items;
     state.episodes.next = page.next_cursor;
     fill("episodes-table", state.episodes.items.length ? episodesTable(state.episodes.items) : empty("No episode matches."));
@@ -445,7 +455,8 @@
         el("figcaption", {}, el("strong", {}, v.camera), ` ${v.width}×${v.height} `, src ? link(src, "file", true) : null),
       );
     });
-    box.replaceChildren(
+    box.replaceChildren();
+    append(box, [
       el("div", { class: "detail-head" },
         el("h2", { "data-testid": "episode-instruction" }, media.instruction),
         el("div", { class: "actions" },
@@ -454,7 +465,7 @@
       el("div", { class: "videos" }, videos.length ? videos : empty("This episode has no video.")),
       el("dl", { class: "facts" }, facts.map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
       tags.length ? el("div", {}, el("h3", {}, "Tags"), table(["Tag", "Value"], tags.map(([k, v]) => el("tr", {}, el("td", {}, el("code", {}, k)), el("td", {}, v))))) : null,
-    );
+    ]);
     box.hidden = false;
     for (const video of box.querySelectorAll("video")) video.muted = true;
   }
