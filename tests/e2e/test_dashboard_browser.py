@@ -236,11 +236,18 @@ def test_dashboard_in_chromium(tmp_path: Path) -> None:
         assert "never" not in rows.all_inner_texts()[0]
         assigned = page.locator("#tab-robots [data-testid=robot-row]", has_text="wamfleet-policy/1")
         assert assigned.count() >= 1
+        page.click("#tab-robots [data-testid=robot-row][data-robot-id=sim-2] a")  # its episodes
+        page.wait_for_function(
+            "(() => { const rows = document.querySelectorAll('#tab-episodes [data-testid=episode-row]');"
+            " return rows.length === 1 && rows[0].innerText.includes('sim-2'); })()"
+        )
+        assert page.input_value("#q-robot") == "sim-2"
 
         # Episodes: search, then open one and play its video from the signed URL.
-        page.click("#tabs a[data-tab=episodes]")
-        page.locator("#tab-episodes [data-testid=episode-row]").first.wait_for()
-        assert page.locator("#tab-episodes [data-testid=episode-row]").count() == 2
+        page.click("#episode-search-clear")
+        page.wait_for_function(
+            "document.querySelectorAll('#tab-episodes [data-testid=episode-row]').length === 2"
+        )
         page.select_option("#q-source", "autonomous")
         page.click("#episode-search-submit")
         page.wait_for_selector("#episodes-table .empty")
@@ -302,6 +309,7 @@ def test_dashboard_in_chromium(tmp_path: Path) -> None:
         assert len(mine) == 1 and mine[0]["requested_by"] == "admin" and mine[0]["trigger"] == "manual"
         second = wait_retrain(filled.api, mine[0]["run_id"])
         assert second["status"] == "succeeded", second["error"]
+        page.screenshot(path=str(shots / "dashboard-retrains.png"), full_page=True)
 
         # The admin acts on the rollout: pause it; the decision is recorded with its actor.
         page.click("#tabs a[data-tab=rollouts]")
