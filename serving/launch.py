@@ -7,7 +7,6 @@ policy endpoint next to its own work starts one as a subprocess and waits for re
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,11 +16,7 @@ from pathlib import Path
 
 import httpx
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+from wamfleet.platform.net import free_port
 
 
 @contextmanager

@@ -19,7 +19,6 @@ import random
 import selectors
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from wamfleet.fleet_agent.spool import Spool
 from wamfleet.platform.contracts import EmbodimentSpec
 from wamfleet.platform.contracts.episode import MANIFEST_FILE, EpisodeManifest
 from wamfleet.platform.contracts.ids import new_episode_id
+from wamfleet.platform.net import free_port
 from wamfleet.platform.storage import ObjectNotFound, S3ObjectStore, StorageError
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.timeout(420)]
@@ -63,13 +63,6 @@ ADMIN_TOKEN = "chaos-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 TRIALS_DEADLINE_S = 150.0
 DRAIN_ROUNDS = 6
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def sha256_bytes(data: bytes) -> str:

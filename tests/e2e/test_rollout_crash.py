@@ -27,7 +27,8 @@ from wamfleet.fleet_agent.sim.metaworld_robot import sawyer_embodiment
 from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.cli.admin_client import AdminClient
 from wamfleet.platform.contracts.rollout import RolloutConfig, StartRollout
-from wamfleet.platform.rollouts.backends.local import LocalServingBackend, free_port
+from wamfleet.platform.net import free_port
+from wamfleet.platform.rollouts.backends.local import LocalServingBackend
 from wamfleet.platform.settings import Settings, runner_env
 from wamfleet.serving.mlflow_model import log_policy
 

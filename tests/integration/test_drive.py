@@ -25,7 +25,8 @@ from wamfleet.fleet_agent.policy_client import (
 )
 from wamfleet.fleet_agent.spool import Spool
 from wamfleet.platform.cli.main import app
-from wamfleet.serving.launch import free_port, serve_subprocess
+from wamfleet.platform.net import free_port
+from wamfleet.serving.launch import serve_subprocess
 
 cli = CliRunner()
 

@@ -31,6 +31,7 @@ from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.catalog.queries import audit, now
 from wamfleet.platform.catalog.tables import PolicyEndpoint
 from wamfleet.platform.contracts.rollout import Endpoint
+from wamfleet.platform.net import free_port
 from wamfleet.platform.retrains.launcher import DEFAULT_COMMAND, log_tail
 from wamfleet.platform.rollouts.backends.base import (
     BackendName,
@@ -46,12 +47,6 @@ log = logging.getLogger(__name__)
 SERVED_NAME = "wam"  # `wamfleet serve --name`: readiness at /v2/models/wam/ready
 ACTOR = "backend:local"
 _ANY_ADDRESS = ("", "0.0.0.0", "::")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
