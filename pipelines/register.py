@@ -17,7 +17,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from wamfleet.pipelines.evaluate import EvalReport
-from wamfleet.pipelines.registry import (
+from wamfleet.platform.contracts.lineage import (
     CANDIDATE,
     TAG_CODE,
     TAG_DATASET,

@@ -20,15 +20,6 @@ from mlflow.exceptions import MlflowException
 from wamfleet.platform.settings import Settings
 
 EXPERIMENT = "wamfleet-retrain"
-CANDIDATE, CHAMPION, PREVIOUS = "candidate", "champion", "previous"
-TAG_SNAPSHOT = "wamfleet.snapshot"
-TAG_DATASET = "wamfleet.dataset"
-TAG_PARENT = "wamfleet.parent_version"
-TAG_CODE = "wamfleet.code_version"
-TAG_PIPELINE_RUN = "wamfleet.pipeline_run"
-TAG_RETRAIN = "wamfleet.retrain_run"
-TAG_GATE = "wamfleet.gate"
-LINEAGE_TAGS = (TAG_SNAPSHOT, TAG_DATASET, TAG_PARENT, TAG_CODE, TAG_PIPELINE_RUN)
 
 
 def configure_mlflow(settings: Settings) -> str:

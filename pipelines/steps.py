@@ -229,9 +229,10 @@ def evaluate_step(index_key: str, policy_path: str, params_json: str) -> str:
     from mlflow import MlflowClient
 
     from wamfleet.pipelines.evaluate import evaluate_policy
-    from wamfleet.pipelines.registry import CHAMPION, configure_mlflow, find_version, model_uri
+    from wamfleet.pipelines.registry import configure_mlflow, find_version, model_uri
     from wamfleet.pipelines.shards import load_index
     from wamfleet.platform.contracts.embodiment import EmbodimentSpec
+    from wamfleet.platform.contracts.lineage import CHAMPION
     from wamfleet.serving.predictor import resolve_policy
 
     ctx = context()

@@ -9,9 +9,9 @@ from typing import Any
 from urllib.parse import quote
 
 from wamfleet.platform.contracts.dashboard import ModelsView, ModelVersionView
+from wamfleet.platform.contracts.lineage import LINEAGE_PREFIX
 
 log = logging.getLogger(__name__)
-LINEAGE_PREFIX = "wamfleet."
 MAX_VERSIONS = 200
 
 

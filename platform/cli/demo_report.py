@@ -24,6 +24,7 @@ from wamfleet.platform.cli.admin_client import AdminClient
 from wamfleet.platform.contracts.curation import CurationReport
 from wamfleet.platform.contracts.episode import EpisodeSource
 from wamfleet.platform.contracts.ingest import EpisodeSummary
+from wamfleet.platform.contracts.lineage import TAG_PARENT
 from wamfleet.platform.contracts.rollout import TAG_LATENCY_P95_MS
 from wamfleet.platform.settings import Settings
 
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 REPORT_DIR = "report"
-PARENT_TAG = "wamfleet.parent_version"
 
 
 class VersionRow(BaseModel):
@@ -139,7 +139,7 @@ def gather(
         versions.append(
             VersionRow(
                 version=mv.version,
-                parent=mv.lineage.get(PARENT_TAG) or None,
+                parent=mv.lineage.get(TAG_PARENT) or None,
                 retrain_run_id=run.run_id if run else None,
                 dataset_hash=run.dataset_hash if run else None,
                 aliases=mv.aliases,

@@ -31,6 +31,7 @@ from wamfleet.platform.catalog.tables import (
     RolloutDecision,
 )
 from wamfleet.platform.contracts.ids import new_episode_id
+from wamfleet.platform.contracts.lineage import CANDIDATE, CHAMPION, PREVIOUS
 from wamfleet.platform.contracts.rollout import (
     ACTIVE_STAGES,
     FINAL_STAGES,
@@ -54,7 +55,7 @@ from wamfleet.platform.contracts.rollout import (
 )
 from wamfleet.platform.rollouts import cohort, gates, stages
 from wamfleet.platform.rollouts.backends.base import ServingBackend
-from wamfleet.platform.rollouts.registry import CANDIDATE, CHAMPION, PREVIOUS, AliasRegistry
+from wamfleet.platform.rollouts.registry import AliasRegistry
 from wamfleet.platform.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-CANDIDATE, CHAMPION, PREVIOUS = "candidate", "champion", "previous"
-
 
 class AliasRegistry:
     def __init__(self, tracking_uri: str, model_name: str) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from wamfleet.pipelines.registry import LINEAGE_TAGS, TAG_RETRAIN
 from wamfleet.platform.cli.demo_report import DemoReport
+from wamfleet.platform.contracts.lineage import LINEAGE_TAGS, TAG_RETRAIN
 
 
 def test_demo_quick_turns_the_whole_flywheel_and_reports_it(tmp_path: Path) -> None:
