@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from wamfleet.platform.contracts.curation import CurationReport
-from wamfleet.platform.contracts.ingest import EpisodeSummary
+from wamfleet.platform.contracts.ingest import EpisodeSummary, RobotInfo
 from wamfleet.platform.contracts.rollout import Evidence, RolloutInfo
 
 
@@ -29,14 +29,7 @@ class DashboardInfo(BaseModel):
     counts: DashboardCounts
 
 
-class RobotRow(BaseModel):
-    robot_id: str
-    embodiment: str
-    site: str | None
-    description: str
-    created_at: datetime
-    last_seen_at: datetime | None
-    revoked: bool
+class RobotRow(RobotInfo):
     episodes: int = 0
     assigned_version: str | None = Field(default=None, description="what it was last told to run")
     assigned_stage: str | None = None
