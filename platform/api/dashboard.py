@@ -131,10 +131,7 @@ def episodes(
         policy_version=policy_version,
     )
     with state.catalog.session() as s:
-        after = str(cursor) if cursor else None
-        rows = queries.search_episodes(s, where, limit=limit + 1, after=after, newest_first=True)
-        items = [queries.episode_summary(e) for e in rows[:limit]]
-    return EpisodePage(items=items, next_cursor=str(items[-1].episode_id) if len(rows) > limit else None)
+        return queries.episode_page(s, where, limit, after=str(cursor) if cursor else None, newest_first=True)
 
 
 @router.get("/episodes/{episode_id}", response_model=EpisodeMedia)

@@ -72,10 +72,7 @@ def search(
         site=site,
     )
     with state.catalog.session() as s:
-        rows = queries.search_episodes(s, where, limit=limit + 1, after=cursor)
-        items = [queries.episode_summary(e) for e in rows[:limit]]
-    next_cursor = str(items[-1].episode_id) if len(rows) > limit else None
-    return EpisodePage(items=items, next_cursor=next_cursor)
+        return queries.episode_page(s, where, limit, after=cursor)
 
 
 def _visible_manifest(

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from wamfleet.platform.catalog.tables import AuditEntry, Embodiment, Episode, EpisodeTag, Robot, UploadSession
 from wamfleet.platform.contracts.embodiment import EmbodimentSpec
 from wamfleet.platform.contracts.episode import EpisodeManifest, EpisodeSource, Outcome
-from wamfleet.platform.contracts.ingest import EpisodeSummary, RobotInfo
+from wamfleet.platform.contracts.ingest import EpisodePage, EpisodeSummary, RobotInfo
 
 TOKEN_PREFIX = "wfr_"
 
@@ -244,6 +244,16 @@ def search_episodes(
     if after:
         query = query.where(Episode.episode_id > after)
     return list(session.scalars(query.order_by(Episode.episode_id).limit(limit)))
+
+
+def episode_page(
+    session: Session, where: EpisodeFilter, limit: int, after: str | None = None, newest_first: bool = False
+) -> EpisodePage:
+    """One page of search_episodes; next_cursor is set only when another episode follows (one more
+    row than the page is read to know)."""
+    rows = search_episodes(session, where, limit=limit + 1, after=after, newest_first=newest_first)
+    items = [episode_summary(e) for e in rows[:limit]]
+    return EpisodePage(items=items, next_cursor=str(items[-1].episode_id) if len(rows) > limit else None)
 
 
 def count_episodes(session: Session) -> int:
