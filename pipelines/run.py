@@ -10,12 +10,19 @@ components run in the pipeline image with settings from the chart's Secret and C
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wamfleet.platform.contracts.retrain import RetrainParams
 from wamfleet.platform.settings import ENV_PREFIX, Settings, runner_env
+
+if TYPE_CHECKING:
+    from wamfleet.platform.catalog.db import Catalog
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,30 @@ def run_local(settings: Settings, params: RetrainParams, retrain_run_id: str = "
     return LocalRun(
         version=str(task.outputs["version"]), candidate=bool(task.outputs["candidate"]), pipeline_root=root
     )
+
+
+def failure_message(exc: BaseException) -> str:
+    """The error as a retrain run records it: its type and text, without kfp's terminal colours."""
+    return ANSI.sub("", f"{type(exc).__name__}: {exc}").strip()
+
+
+def run_recorded(
+    settings: Settings, catalog: Catalog, params: RetrainParams, retrain_run_id: str
+) -> LocalRun:
+    """run_local for a retrain run in the catalog: marks it running, and failed with the error when the
+    pipeline fails (then re-raises); the register step marks it succeeded."""
+    from wamfleet.platform.catalog import retrains
+
+    with catalog.session() as session:
+        retrains.mark_running(session, retrain_run_id)
+    try:
+        return run_local(settings, params, retrain_run_id)
+    except Exception as exc:
+        with catalog.session() as session:
+            retrains.mark_finished(
+                session, retrain_run_id, succeeded=False, error=failure_message(exc)[-4000:]
+            )
+        raise
 
 
 def submit(host: str, params: RetrainParams, retrain_run_id: str = "", experiment: str = "wamfleet") -> str:

@@ -316,7 +316,7 @@ def retrain(
 ) -> RetrainResult:
     """Records a manual retrain in the catalog (as POST /v1/retrains would) and runs its pipeline
     here with kfp.local, so its progress and errors show in this terminal."""
-    from wamfleet.pipelines.run import run_local
+    from wamfleet.pipelines.run import run_recorded
     from wamfleet.platform.catalog import retrains
     from wamfleet.platform.catalog.db import Catalog
     from wamfleet.platform.contracts.retrain import RetrainParams
@@ -339,7 +339,6 @@ def retrain(
             run = retrains.create_run(
                 session, trigger="manual", reason=reason, requested_by="demo", backend="local", params=params
             )
-            retrains.mark_running(session, run.run_id)
         console.print(
             f"retrain {run.run_id} (parent: {parent}): snapshot, validate, curate, shards, finetune, "
             "evaluate, register"
@@ -354,12 +353,7 @@ def retrain(
             contextlib.redirect_stderr(log),
         ):
             progress.add_task("continuous-finetune pipeline (kfp.local, local Ray)", total=None)
-            try:
-                result = run_local(settings, params, run.run_id)
-            except Exception as exc:
-                with catalog.session() as session:
-                    retrains.mark_finished(session, run.run_id, succeeded=False, error=str(exc)[-4000:])
-                raise
+            result = run_recorded(settings, catalog, params, run.run_id)
     finally:
         catalog.dispose()
     outcome = RetrainResult(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +17,6 @@ from wamfleet.platform.contracts.retrain import RetrainParams
 
 app = typer.Typer(help="The continuous fine-tuning pipeline (Kubeflow Pipelines).", no_args_is_help=True)
 console = Console()
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @app.command("compile")
@@ -96,19 +94,14 @@ def retrain(
             retrains.mark_running(session, run_id, external_id=external)
         console.print(f"retrain {run_id}: submitted to {host} as KFP run {external}")
         return
-    from wamfleet.pipelines.run import run_local
+    from wamfleet.pipelines.run import failure_message, run_recorded
 
-    with catalog.session() as session:
-        retrains.mark_running(session, run_id)
     console.print(f"retrain {run_id}: running the pipeline locally (kfp.local, local Ray)")
     try:
-        result = run_local(settings, params, run_id)
+        result = run_recorded(settings, catalog, params, run_id)
     except Exception as exc:  # noqa: BLE001 - recorded on the run, then reported
-        message = ANSI.sub("", f"{type(exc).__name__}: {exc}").strip()
-        with catalog.session() as session:
-            retrains.mark_finished(session, run_id, succeeded=False, error=message[-4000:])
         traceback.print_exc()
-        fail(f"retrain {run_id} failed: {' '.join(message.split())}", code=1)
+        fail(f"retrain {run_id} failed: {' '.join(failure_message(exc).split())}", code=1)
     alias = "candidate" if result.candidate else "no alias (gate failed)"
     console.print(
         f"retrain {run_id}: registered {settings.registered_model} version {result.version}, {alias}"
