@@ -274,7 +274,10 @@ def _turn(
             shadow_max_action_mse=4.0,
             canary_percent=50,
             canary_min_episodes=2 * profile.rollout_episodes,
-            canary_max_episodes=4 * profile.rollout_episodes * profile.robots,
+            # Reachable by a one-robot canary within its ROLLOUT_EPISODE_CAP (a few episodes go to
+            # the shadow stage first), so an undecided canary ends rolled back as inconclusive
+            # instead of still running when the robots stop.
+            canary_max_episodes=max(2 * profile.rollout_episodes, ROLLOUT_EPISODE_CAP // 2),
             full_min_episodes=profile.robots,
             success_margin=0.25,
             latency_p95_budget_ms=profile.latency_budget_ms,
