@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from wamfleet.model.checkpoint import atomic_directory, file_sha256, load_checkpoint, save_checkpoint
 from wamfleet.model.config import WAMConfig
@@ -64,7 +65,16 @@ def save_policy(
     return sha
 
 
-def load_policy(directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedPolicy:
+def load_policy(
+    directory: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> LoadedPolicy:
+    """Loads and verifies a policy; `dtype` casts the transformer's and the VAE's floating weights.
+
+    The latent statistics stay float32 (they are tiny and normalise every latent), and so does the
+    text encoder: it runs once per instruction. None keeps the stored dtypes.
+    """
     root = Path(directory)
     try:
         record = json.loads((root / POLICY_FILE).read_text())
@@ -72,13 +82,16 @@ def load_policy(directory: str | os.PathLike[str], device: str | torch.device = 
         raise ValueError(f"{POLICY_FILE}: missing; {root} is not a policy directory") from None
     if record.get("format_version") != POLICY_FORMAT:
         raise ValueError(f"{POLICY_FILE}: unsupported format_version {record.get('format_version')!r}")
-    checkpoint = load_checkpoint(root / TRANSFORMER_DIR, device)
+    checkpoint = load_checkpoint(root / TRANSFORMER_DIR, device, dtype)
     codec_path = root / CODEC_FILE
     if not codec_path.is_file() or file_sha256(codec_path) != record.get("codec_sha256"):
         raise ValueError(f"{CODEC_FILE}: missing or its sha256 does not match {POLICY_FILE}")
     codec = VideoCodec(checkpoint.config)
     codec.load_state_dict(load_file(str(codec_path)))
     codec.to(device).eval()
+    if dtype is not None:
+        vae: nn.Module = codec.vae  # typed as a plain module: diffusers' wrapped .to confuses mypy
+        vae.to(dtype)  # the codec casts its inputs to the VAE's dtype
     text = TextEncoder(checkpoint.config.text).to(device)
     return LoadedPolicy(
         checkpoint.model,
