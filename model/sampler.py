@@ -1,83 +1,120 @@
 """Few-step flow sampling of one action chunk at a time over a per-episode KV cache.
 
 A session starts from a conditioning frame and an instruction. `predict` denoises the next
-chunk's video latents and actions together (Euler steps on shifted sigmas that end exactly at
-0, optionally running the DiT only every n-th step and guiding the video with CFG). After the
+chunk's video latents and actions together: UniPC (DreamZero's solver, diffusers' flow-matching
+UniPC) or Euler on shifted sigmas that end exactly at 0, running the DiT only on the steps of
+`dit_steps` (the others reuse its last prediction) and guiding the video with CFG. After the
 robot executed the chunk, `observe` encodes what really happened into the cache at timestep 0,
-in place of the prediction. After `max_cache_chunks` the session must be restarted from the
-latest real frame (a hard reset, as in DreamZero).
+in place of the prediction. After `cache_chunks` (at most the trained context) the session
+must be restarted from the latest real frame (a hard reset, as in DreamZero).
+
+Any dtype works: noise is drawn in float32 and the solver integrates in float32; only the DiT
+runs in the model's dtype (bf16 / fp16 on a GPU).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
+from diffusers import UniPCMultistepScheduler
 from torch import Tensor
 
 from wamfleet.model.config import WAMConfig
-from wamfleet.model.objective import TIMESTEP_SCALE, shift_sigmas
-from wamfleet.model.transformer import (
-    Kind,
-    KVCache,
-    TokenMeta,
-    WorldActionModel,
-    action_meta,
-    state_meta,
-    video_meta,
+from wamfleet.model.objective import shift_sigmas
+from wamfleet.model.sequence import (
+    chunk_frame,
+    clean_tokens,
+    cond_tokens,
+    frames_of,
+    history_capacity,
+    query_meta,
+    query_timesteps,
+    query_tokens,
+    split_query,
+    state_token,
 )
+from wamfleet.model.transformer import CrossContext, KVCache, TokenMeta, WorldActionModel
+
+NUM_TRAIN_TIMESTEPS = 1000
 
 
 def inference_sigmas(steps: int, shift: float) -> Tensor:
-    """steps+1 decreasing noise levels from 1 to exactly 0, shifted; no step is wasted at 0."""
-    base = torch.linspace(1.0, 0.0, steps + 1)[:-1]
-    return torch.cat([shift_sigmas(base, shift), torch.zeros(1)])
+    """steps + 1 decreasing noise levels from 1 to exactly 0, shifted (the grid diffusers'
+    flow-matching UniPC walks, sigma_min = 1/1000 before the shift)."""
+    base = torch.linspace(1.0, 1.0 / NUM_TRAIN_TIMESTEPS, steps + 1, dtype=torch.float64)[:-1]
+    return torch.cat([shift_sigmas(base, shift), torch.zeros(1, dtype=torch.float64)]).float()
 
 
-def _stack_conditioning(items: list[Conditioning]) -> Conditioning:
-    """One batch of conditionings (texts padded to the same token count by the encoder)."""
-    layers = len(items[0].text_kv)
-    kv = [
-        (torch.cat([c.text_kv[i][0] for c in items]), torch.cat([c.text_kv[i][1] for c in items]))
-        for i in range(layers)
-    ]
-    if all(c.text_mask is None for c in items):
-        return Conditioning(kv, None)
-    tokens = kv[0][0].shape[1]
-    masks = [
-        c.text_mask
-        if c.text_mask is not None
-        else torch.ones(1, 1, 1, tokens, dtype=torch.bool, device=kv[0][0].device)
-        for c in items
-    ]
-    return Conditioning(kv, torch.cat(masks))
+class Solver(Protocol):
+    def step(self, velocity: Tensor, index: int, sample: Tensor) -> Tensor: ...
 
 
-@dataclass
-class Conditioning:
-    """What a session is told once: the instruction (and the empty one, for guidance)."""
+class EulerSolver:
+    def __init__(self, sigmas: Tensor) -> None:
+        self.sigmas = sigmas
 
-    text_kv: list[tuple[Tensor, Tensor]]
-    text_mask: Tensor | None
+    def step(self, velocity: Tensor, index: int, sample: Tensor) -> Tensor:
+        return sample + float(self.sigmas[index + 1] - self.sigmas[index]) * velocity
+
+
+class UniPCSolver:
+    """diffusers' UniPC multistep scheduler in flow-matching mode (DreamZero's solver)."""
+
+    def __init__(self, steps: int, shift: float) -> None:
+        scheduler: Any = UniPCMultistepScheduler(
+            num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+            prediction_type="flow_prediction",
+            use_flow_sigmas=True,
+            flow_shift=shift,
+        )
+        self.scheduler = scheduler
+        self.scheduler.set_timesteps(steps)
+
+    def step(self, velocity: Tensor, index: int, sample: Tensor) -> Tensor:
+        timestep = self.scheduler.timesteps[index]
+        out = self.scheduler.step(velocity, timestep, sample, return_dict=False)
+        return out[0]  # type: ignore[no-any-return]
+
+
+def make_solver(cfg: WAMConfig) -> Solver:
+    if cfg.solver == "unipc":
+        return UniPCSolver(cfg.inference_steps, cfg.flow_shift)
+    return EulerSolver(inference_sigmas(cfg.inference_steps, cfg.flow_shift))
 
 
 @dataclass
 class Session:
     cond: Tensor  # (B, C, 1, h, w)
-    text: Conditioning
-    null_text: Conditioning | None
+    cross: CrossContext
+    null_cross: CrossContext | None
     cache: KVCache
     null_cache: KVCache | None
+    channels: Tensor | None = None  # I2V: (B, mask + C, 1 + cache_chunks * Fc, h, w)
     history: list[Tensor] = field(default_factory=list)  # clean latents per executed chunk
     chunks_done: int = 0
+
+    def nbytes(self) -> int:
+        caches = [self.cache] + ([self.null_cache] if self.null_cache is not None else [])
+        crosses = [self.cross] + ([self.null_cross] if self.null_cross is not None else [])
+        tensors = [self.cond, *self.history] + ([self.channels] if self.channels is not None else [])
+        return (
+            sum(c.nbytes() for c in caches)
+            + sum(c.nbytes() for c in crosses)
+            + sum(t.numel() * t.element_size() for t in tensors)
+        )
 
 
 @dataclass
 class ChunkPrediction:
-    actions: Tensor  # (B, A, max_action_dim), normalised
-    video: Tensor  # (B, C, Fc, h, w) predicted latents (normalised)
+    actions: Tensor  # (B, A, max_action_dim), normalised, float32
+    video: Tensor  # (B, C, Fc, h, w) predicted latents (normalised), float32
     dit_calls: int
+
+
+Velocity = Callable[[Tensor, Tensor, bool], Tensor]  # (query tokens, timesteps, null?) -> hidden
 
 
 class ChunkSampler:
@@ -91,23 +128,9 @@ class ChunkSampler:
     def cfg(self) -> WAMConfig:
         return self.model.config
 
-    def _conditioning(self, text: Tensor, text_mask: Tensor | None) -> Conditioning:
-        kv, mask = self.model.text_context(text, text_mask)
-        return Conditioning(kv, mask)
-
-    def _cond_tokens(self, session_cond: Tensor) -> tuple[Tensor, TokenMeta]:
-        return self.model.video_tokens(session_cond, 0, Kind.COND, 0)
-
-    def _history_tokens(self, session: Session) -> tuple[Tensor, TokenMeta]:
-        fc = self.cfg.latent_frames_per_chunk
-        parts = [self._cond_tokens(session.cond)]
-        for i, latents in enumerate(session.history):
-            parts.append(self.model.video_tokens(latents, 1 + i * fc, Kind.CLEAN, i + 1))
-        return torch.cat([p[0] for p in parts], dim=1), TokenMeta.cat([p[1] for p in parts])
-
-    def _write(self, cache: KVCache, tokens: Tensor, meta: TokenMeta, cond: Conditioning) -> None:
+    def _write(self, cache: KVCache, tokens: Tensor, meta: TokenMeta, cross: CrossContext) -> None:
         zeros = torch.zeros(tokens.shape[0], tokens.shape[1], device=tokens.device)
-        self.model.run(tokens, zeros, meta, cond.text_kv, cond.text_mask, cache=cache, write_cache=True)
+        self.model.run(tokens, zeros, meta, cross, cache=cache, write_cache=True)
 
     @torch.no_grad()
     def start(
@@ -117,115 +140,114 @@ class ChunkSampler:
         text_mask: Tensor | None = None,
         null_text: Tensor | None = None,
         null_mask: Tensor | None = None,
+        image: Tensor | None = None,
+        channels: Tensor | None = None,
     ) -> Session:
-        """A new session on a conditioning frame's latent (B, C, 1, h, w)."""
-        conditioning = self._conditioning(text, text_mask)
-        guided = self.cfg.cfg_scale != 1.0
+        """A new session on a conditioning frame's latent (B, C, 1, h, w).
+
+        Wan I2V models also take the first frame's CLIP tokens `image` and its first-frame
+        `channels` (B, mask + C, 1 + cache_chunks * Fc, h, w) (see VideoCodec.first_frame_channels).
+        """
+        cfg = self.cfg
+        if cfg.image_conditioning is not None and (image is None or channels is None):
+            raise ValueError("image, channels: an I2V model needs the first frame's CLIP tokens and channels")
+        cross = self.model.cross_context(text, text_mask, image)
+        guided = cfg.cfg_scale != 1.0
         if guided and null_text is None:
             raise ValueError(
                 "null_text: classifier-free guidance (cfg_scale != 1) needs the empty instruction"
             )
-        null = self._conditioning(null_text, null_mask) if guided and null_text is not None else None
-        session = Session(cond, conditioning, null, KVCache(), KVCache() if null is not None else None)
+        null = (
+            self.model.cross_context(null_text, null_mask, image)
+            if guided and null_text is not None
+            else None
+        )
+        capacity = history_capacity(cfg)
+        session = Session(
+            cond,
+            cross,
+            null,
+            KVCache(capacity),
+            KVCache(capacity) if null is not None else None,
+            channels,
+        )
         if self.use_cache:
-            tokens, meta = self._cond_tokens(cond)
-            self._write(session.cache, tokens, meta, conditioning)
+            tokens, meta = cond_tokens(self.model, cond, channels)
+            self._write(session.cache, tokens, meta, cross)
             if null is not None and session.null_cache is not None:
                 self._write(session.null_cache, tokens, meta, null)
         return session
 
     def needs_reset(self, session: Session) -> bool:
-        return session.chunks_done >= int(self.model.config.max_cache_chunks)
+        return session.chunks_done >= self.cfg.cache_chunks
 
-    def _velocity(
-        self,
-        session: Session,
-        conditioning: Conditioning,
-        cache: KVCache | None,
-        query: Tensor,
-        query_t: Tensor,
-        query_meta: TokenMeta,
+    def _recomputed(
+        self, session: Session, cross: CrossContext, query: Tensor, t: Tensor, meta: TokenMeta
     ) -> Tensor:
-        if self.use_cache:
-            return self.model.run(
-                query, query_t, query_meta, conditioning.text_kv, conditioning.text_mask, cache
-            )
-        tokens, meta = self._history_tokens(session)
+        """The query's hidden states with the whole history recomputed (no cache): the reference."""
+        parts = [cond_tokens(self.model, session.cond, session.channels)]
+        if session.history:
+            parts.append(clean_tokens(self.model, torch.cat(session.history, dim=2), 1, session.channels))
+        tokens = torch.cat([p[0] for p in parts], dim=1)
         zeros = torch.zeros(tokens.shape[0], tokens.shape[1], device=tokens.device)
         hidden = self.model.run(
             torch.cat([tokens, query], 1),
-            torch.cat([zeros, query_t], 1),
-            TokenMeta.cat([meta, query_meta]),
-            conditioning.text_kv,
-            conditioning.text_mask,
+            torch.cat([zeros, t], 1),
+            TokenMeta.cat([p[1] for p in parts] + [meta]),
+            cross,
         )
         return hidden[:, tokens.shape[1] :]
-
-    def _query_meta(self, chunk: int) -> TokenMeta:
-        cfg = self.cfg
-        fc, (lh, lw), p = cfg.latent_frames_per_chunk, cfg.latent_hw, cfg.patch_size
-        frame = 1 + (chunk - 1) * fc
-        return TokenMeta.cat(
-            [
-                video_meta(fc, lh // p[1], lw // p[2], frame, Kind.NOISY, chunk),
-                action_meta(cfg.actions_per_chunk, chunk, frame),
-                state_meta(chunk, frame),
-            ]
-        )
 
     def _denoise(
         self,
         noise: list[torch.Generator | None],
-        meta: TokenMeta,
         state: Tensor,
         state_mask: Tensor,
         action_mask: Tensor,
         embodiments: list[str],
-        velocity: Callable[[Tensor, Tensor, TokenMeta, bool], Tensor],
+        channels: Tensor | None,
+        velocity: Velocity,
         guided: bool,
     ) -> ChunkPrediction:
-        """Euler steps from noise to a chunk; `velocity(query, t, meta, null)` runs the DiT."""
+        """The solver's steps from noise to a chunk; `velocity(query, t, null)` runs the DiT."""
         cfg, model = self.cfg, self.model
         fc, (lh, lw) = cfg.latent_frames_per_chunk, cfg.latent_hw
         device = state.device
         b = state.shape[0]
-        per_sample = len(noise) == b
-        gens = noise if per_sample else [noise[0]]
-        video = torch.cat([torch.randn(b // len(gens), cfg.vae.z_dim, fc, lh, lw, generator=g) for g in gens])
+        gens = noise if len(noise) == b else [noise[0]]
+        per = b // len(gens)
+        video = torch.cat([torch.randn(per, cfg.vae.z_dim, fc, lh, lw, generator=g) for g in gens]).to(device)
         actions = torch.cat(
-            [
-                torch.randn(b // len(gens), cfg.actions_per_chunk, cfg.max_action_dim, generator=g)
-                for g in gens
-            ]
-        )
-        video, actions = video.to(device), actions.to(device)
-        meta = TokenMeta(meta.kind.to(device), meta.chunk.to(device), meta.pos.to(device))
-        state_tok = model.state_tokens(state, state_mask, embodiments, 0, 0)[0]
+            [torch.randn(per, cfg.actions_per_chunk, cfg.max_action_dim, generator=g) for g in gens]
+        ).to(device)
         sigmas = inference_sigmas(cfg.inference_steps, cfg.flow_shift)
-        n_video = fc * cfg.tokens_per_latent_frame
+        solver = make_solver(cfg)  # one solver for both: the update is the same per element
+        n_video = video[0].numel()
         calls = 0
-        video_v = action_v = None
-        for i in range(cfg.inference_steps):
-            if i % cfg.dit_step_stride == 0 or video_v is None or action_v is None:
-                v_tok = model.video_tokens(video, 0, Kind.NOISY, 0)[0]
-                a_tok = model.action_tokens(actions, action_mask, embodiments, 0, 0)[0]
-                query = torch.cat([v_tok, a_tok, state_tok], 1)
-                t = torch.full((b, query.shape[1]), float(sigmas[i]) * TIMESTEP_SCALE, device=device)
-                t[:, -1] = 0.0  # the state is clean
-                hidden = velocity(query, t, meta, False)
-                video_v = model.unpatchify(hidden[:, :n_video], fc)
-                action_v = model.decode_actions(
-                    hidden[:, n_video : n_video + cfg.actions_per_chunk], embodiments
-                )
+        state_tok = state_token(model, state, state_mask, embodiments)
+        video_v = action_v = torch.zeros(0)
+        for i, run_dit in enumerate(cfg.dit_step_mask):
+            if run_dit:
+                query = query_tokens(model, video, actions, state_tok, action_mask, embodiments, channels)
+                t = query_timesteps(torch.full((b,), float(sigmas[i]), device=device), query.shape[1])
+                video_v, action_v = split_query(model, velocity(query, t, False), embodiments)
+                calls += 1
                 if guided:
-                    video_u = model.unpatchify(velocity(query, t, meta, True)[:, :n_video], fc)
+                    video_u, _ = split_query(model, velocity(query, t, True), embodiments)
                     video_v = video_u + cfg.cfg_scale * (video_v - video_u)
                     calls += 1
-                calls += 1
-            dt = float(sigmas[i + 1] - sigmas[i])
-            video = video + dt * video_v
-            actions = actions + dt * action_v
-        return ChunkPrediction(actions=actions, video=video, dit_calls=calls)
+            sample = torch.cat([video.flatten(1), actions.flatten(1)], dim=1)
+            velocity_all = torch.cat([video_v.flatten(1), action_v.flatten(1)], dim=1)
+            sample = solver.step(velocity_all, i, sample)
+            video, actions = sample[:, :n_video].view_as(video), sample[:, n_video:].view_as(actions)
+        return ChunkPrediction(actions=actions.float(), video=video.float(), dit_calls=calls)
+
+    def _query_channels(self, sessions: list[Session]) -> Tensor | None:
+        if sessions[0].channels is None:
+            return None
+        fc = self.cfg.latent_frames_per_chunk
+        parts = [frames_of(s.channels, chunk_frame(self.cfg, s.chunks_done + 1), fc) for s in sessions]
+        return torch.cat([p for p in parts if p is not None])
 
     @torch.no_grad()
     def predict(
@@ -240,15 +262,21 @@ class ChunkSampler:
         """Denoises the next chunk: (B, max_state_dim) state in, (B, A, max_action_dim) actions out."""
         if self.needs_reset(session):
             raise RuntimeError("the session's cache is full; start a new session from the latest frame")
+        meta = self.model._to_device(query_meta(self.cfg, session.chunks_done + 1), state.device)
 
-        def velocity(query: Tensor, t: Tensor, meta: TokenMeta, null: bool) -> Tensor:
-            if null:
-                return self._velocity(session, session.null_text, session.null_cache, query, t, meta)  # type: ignore[arg-type]
-            return self._velocity(session, session.text, session.cache, query, t, meta)
+        def velocity(query: Tensor, t: Tensor, null: bool) -> Tensor:
+            cross = session.null_cross if null else session.cross
+            cache = session.null_cache if null else session.cache
+            assert cross is not None and cache is not None
+            if self.use_cache:
+                return self.model.run(query, t, meta, cross, cache)
+            return self._recomputed(session, cross, query, t, meta)
 
-        meta = self._query_meta(session.chunks_done + 1)
-        guided = session.null_text is not None
-        return self._denoise([generator], meta, state, state_mask, action_mask, embodiments, velocity, guided)
+        guided = session.null_cross is not None
+        channels = self._query_channels([session])
+        return self._denoise(
+            [generator], state, state_mask, action_mask, embodiments, channels, velocity, guided
+        )
 
     @torch.no_grad()
     def predict_batch(
@@ -262,8 +290,8 @@ class ChunkSampler:
     ) -> ChunkPrediction:
         """Denoises the next chunk of several one-sample sessions together, whatever their chunk.
 
-        Caches of different lengths are padded (PAD tokens nobody attends to) and every sample
-        keeps its own positions and mask, so each result equals the session's own `predict`.
+        Each sample attends to its own session's cache and instruction in place (nothing is
+        stacked or copied) and keeps its own positions, so each result equals its own `predict`.
         """
         if not self.use_cache:
             raise ValueError("predict_batch: needs the KV cache")
@@ -271,19 +299,25 @@ class ChunkSampler:
             raise ValueError("sessions: each must hold one sample, with one generator each")
         if any(self.needs_reset(s) for s in sessions):
             raise RuntimeError("a session's cache is full; start a new session from the latest frame")
-        meta = TokenMeta.stack([self._query_meta(s.chunks_done + 1) for s in sessions])
-        cache = KVCache.stack([s.cache for s in sessions])
-        text = _stack_conditioning([s.text for s in sessions])
-        guided = sessions[0].null_text is not None
-        null_cache = KVCache.stack([s.null_cache for s in sessions]) if guided else None  # type: ignore[misc]
-        null_text = _stack_conditioning([s.null_text for s in sessions]) if guided else None  # type: ignore[misc]
+        guided = sessions[0].null_cross is not None
+        if any((s.null_cross is not None) != guided for s in sessions):
+            raise ValueError("sessions: all guided or none")
+        meta = TokenMeta.stack([query_meta(self.cfg, s.chunks_done + 1) for s in sessions])
+        meta = self.model._to_device(meta, state.device)
+        caches = [s.cache for s in sessions]
+        crosses = [s.cross for s in sessions]
+        null_caches = [s.null_cache for s in sessions if s.null_cache is not None]
+        null_crosses = [s.null_cross for s in sessions if s.null_cross is not None]
 
-        def velocity(query: Tensor, t: Tensor, meta: TokenMeta, null: bool) -> Tensor:
-            cond, kv = (null_text, null_cache) if null else (text, cache)
-            assert cond is not None
-            return self.model.run(query, t, meta, cond.text_kv, cond.text_mask, kv)
+        def velocity(query: Tensor, t: Tensor, null: bool) -> Tensor:
+            if null:
+                return self.model.run(query, t, meta, null_crosses, null_caches)
+            return self.model.run(query, t, meta, crosses, caches)
 
-        return self._denoise(generators, meta, state, state_mask, action_mask, embodiments, velocity, guided)
+        channels = self._query_channels(sessions)
+        return self._denoise(
+            generators, state, state_mask, action_mask, embodiments, channels, velocity, guided
+        )
 
     @torch.no_grad()
     def observe(self, session: Session, latents: Tensor) -> None:
@@ -292,12 +326,14 @@ class ChunkSampler:
         expected = (session.cond.shape[0], cfg.vae.z_dim, cfg.latent_frames_per_chunk, *cfg.latent_hw)
         if tuple(latents.shape) != expected:
             raise ValueError(f"latents: expected shape {expected}, got {tuple(latents.shape)}")
+        if self.needs_reset(session):
+            raise RuntimeError("the session's cache is full; start a new session from the latest frame")
         chunk = session.chunks_done + 1
         if self.use_cache:
-            frame = 1 + (chunk - 1) * cfg.latent_frames_per_chunk
-            tokens, meta = self.model.video_tokens(latents, frame, Kind.CLEAN, chunk)
-            self._write(session.cache, tokens, meta, session.text)
-            if session.null_text is not None and session.null_cache is not None:
-                self._write(session.null_cache, tokens, meta, session.null_text)
-        session.history.append(latents)
+            tokens, meta = clean_tokens(self.model, latents, chunk, session.channels)
+            self._write(session.cache, tokens, meta, session.cross)
+            if session.null_cross is not None and session.null_cache is not None:
+                self._write(session.null_cache, tokens, meta, session.null_cross)
+        if not self.use_cache:
+            session.history.append(latents)  # the recomputing reference rebuilds from these
         session.chunks_done = chunk

@@ -27,6 +27,8 @@ class TrainerConfig(BaseModel):
     grad_accum: int = Field(default=1, ge=1)
     max_grad_norm: float = Field(default=1.0, gt=0)
     amp: str = Field(default="auto", pattern="^(auto|bf16|off)$")  # auto: bf16 on CUDA, fp32 on CPU
+    # Recompute each block's activations in backward: far less memory for long Wan-shaped windows.
+    gradient_checkpointing: bool = False
     seed: int = 0
 
 
@@ -53,6 +55,7 @@ class Trainer:
         self.config = config or TrainerConfig()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device)
+        self.model.gradient_checkpointing = self.config.gradient_checkpointing
         self.objective = objective if objective is not None else FlowMatchingObjective(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:

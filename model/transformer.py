@@ -18,8 +18,10 @@ action/state encoders and action decoders, and a learned position inside an acti
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import IntEnum
+from functools import partial
 from typing import cast
 
 import torch
@@ -33,6 +35,7 @@ from diffusers.models.embeddings import (
 )
 from diffusers.models.normalization import FP32LayerNorm
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from wamfleet.model.config import WAMConfig
 
@@ -140,6 +143,76 @@ def attention_mask(query: TokenMeta, key: TokenMeta) -> Tensor:
     return cond_q | clean_q | noisy_q | state_q
 
 
+Index = slice | Tensor
+
+
+def _as_index(positions: Tensor) -> Index:
+    """Sorted positions -> a slice when contiguous (a view, no copy), else an index tensor."""
+    first, last = int(positions[0]), int(positions[-1])
+    return slice(first, last + 1) if last - first + 1 == positions.numel() else positions
+
+
+@dataclass
+class AttentionBlocks:
+    """The block-causal mask as groups of queries that share one set of keys.
+
+    Every query of a group (same kind and chunk) sees exactly the same keys, so each group is
+    one SDPA call without a mask: eligible for flash / memory-efficient kernels, and no
+    (Lq, Lk) mask or score matrix is ever materialised. Same result as the dense mask.
+    """
+
+    groups: list[tuple[Index, Index]]
+
+    @staticmethod
+    def plan(query: TokenMeta, key: TokenMeta) -> AttentionBlocks:
+        assert not query.batched and not key.batched, "blocks are planned per sample"
+        ids = query.kind * (int(query.chunk.max()) + 2) + query.chunk
+        groups = []
+        for value in torch.unique(ids):
+            rows = torch.nonzero(ids == value).flatten()
+            rep = rows[:1]
+            row = attention_mask(TokenMeta(query.kind[rep], query.chunk[rep], query.pos[rep]), key)[0]
+            keys = torch.nonzero(row).flatten()
+            if keys.numel() == 0:
+                raise ValueError("attention: a query group sees no key")
+            groups.append((_as_index(rows), _as_index(keys)))
+        return AttentionBlocks(groups)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """q: (B, Lq, H, d); k, v: (B, Lk, H, d) -> (B, Lq, H, d)."""
+        if len(self.groups) == 1 and self.groups[0][0] == slice(0, q.shape[1]):
+            return _sdpa(q, k[:, self.groups[0][1]], v[:, self.groups[0][1]], None)
+        out = torch.empty_like(q)
+        for rows, keys in self.groups:
+            if isinstance(keys, slice) and keys.stop - keys.start == 1:  # one key: softmax is 1
+                out[:, rows] = v[:, keys]
+            else:
+                out[:, rows] = _sdpa(q[:, rows], k[:, keys], v[:, keys], None)
+        return out
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """(B, L, H, d) layout in and out; mask (Lq, Lk) or (B, 1, Lq, Lk) bool."""
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
+    )
+    return out.transpose(1, 2)
+
+
+def sdpa_backend(device: torch.device | str, dtype: torch.dtype = torch.bfloat16, head_dim: int = 128) -> str:
+    """The SDPA kernel PyTorch picks for a mask-free call like the block kernel's (for the figures)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "CPU (flash-attention CPU kernel or math)"
+    from torch.nn.attention import SDPBackend
+
+    q = torch.randn(1, 8, 256, head_dim, device=device, dtype=dtype)
+    try:
+        return SDPBackend(torch._fused_sdp_choice(q, q, q)).name
+    except (AttributeError, RuntimeError, ValueError):
+        return "unknown"
+
+
 class RotaryEmbedding(nn.Module):
     """Wan's 3D RoPE (time, height, width split of the head dim), looked up by token position."""
 
@@ -183,9 +256,10 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Wan attention parameters (to_q/k/v, to_out.0, norm_q/k across heads); masks and KV caching here."""
+    """Wan attention parameters (to_q/k/v, to_out.0, norm_q/k across heads; add_k/v_proj and
+    norm_added_k for I2V image tokens); who attends to what is decided by the caller."""
 
-    def __init__(self, dim: int, heads: int, eps: float) -> None:
+    def __init__(self, dim: int, heads: int, eps: float, added_kv_dim: int | None = None) -> None:
         super().__init__()
         self.heads = heads
         self.to_q = nn.Linear(dim, dim)
@@ -194,6 +268,14 @@ class Attention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
         self.norm_q = nn.RMSNorm(dim, eps=eps)
         self.norm_k = nn.RMSNorm(dim, eps=eps)
+        if added_kv_dim is not None:
+            self.add_k_proj = nn.Linear(added_kv_dim, dim)
+            self.add_v_proj = nn.Linear(added_kv_dim, dim)
+            self.norm_added_k = nn.RMSNorm(dim, eps=eps)
+
+    def query(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+        q = self.norm_q(self.to_q(x)).unflatten(2, (self.heads, -1))
+        return apply_rotary(q, *rope) if rope is not None else q
 
     def keys_values(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
         k = self.norm_k(self.to_k(x)).unflatten(2, (self.heads, -1))
@@ -202,28 +284,42 @@ class Attention(nn.Module):
             k = apply_rotary(k, *rope)
         return k, v
 
-    def forward(
-        self,
-        x: Tensor,
-        keys: Tensor,
-        values: Tensor,
-        rope: tuple[Tensor, Tensor] | None,
-        mask: Tensor | None,
-    ) -> Tensor:
-        """x: (B, Lq, D) queries; keys/values: (B, Lk, heads, head_dim), already normed and rotated."""
-        q = self.norm_q(self.to_q(x)).unflatten(2, (self.heads, -1))
-        if rope is not None:
-            q = apply_rotary(q, *rope)
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2),
-            keys.transpose(1, 2),
-            values.transpose(1, 2),
-            attn_mask=mask[:, None]
-            if mask is not None and mask.ndim == 3
-            else mask,  # (B, Lq, Lk): per sample
-        )
-        out = out.transpose(1, 2).flatten(2, 3).type_as(x)
-        return cast(Tensor, self.to_out[1](self.to_out[0](out)))
+    def image_keys_values(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        k = self.norm_added_k(self.add_k_proj(image)).unflatten(2, (self.heads, -1))
+        return k, self.add_v_proj(image).unflatten(2, (self.heads, -1))
+
+    def out(self, heads_out: Tensor, like: Tensor) -> Tensor:
+        """(B, L, H, d) attention output -> (B, L, D)."""
+        return cast(Tensor, self.to_out[1](self.to_out[0](heads_out.flatten(2, 3).type_as(like))))
+
+
+@dataclass
+class CrossContext:
+    """What the cross-attention sees, per layer: the instruction's keys/values (and, for Wan
+    I2V, the CLIP image tokens'), computed once per instruction and reused for every chunk."""
+
+    text: list[tuple[Tensor, Tensor]]
+    text_mask: Tensor | None  # (B, 1, 1, T) bool, or None to attend to every token (Wan)
+    image: list[tuple[Tensor, Tensor]] | None = None
+
+    def attend(self, layer: int, q: Tensor) -> Tensor:
+        out = _sdpa(q, *self.text[layer], self.text_mask)
+        if self.image is not None:
+            out = out + _sdpa(q, *self.image[layer], None)
+        return out
+
+    def nbytes(self) -> int:
+        tensors = [t for kv in self.text + (self.image or []) for t in kv]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    @staticmethod
+    def per_sample(contexts: list[CrossContext]) -> Callable[[int, Tensor], Tensor]:
+        """Cross-attention for a batch whose samples keep their own contexts (no stacking copy)."""
+
+        def attend(layer: int, q: Tensor) -> Tensor:
+            return torch.cat([c.attend(layer, q[i : i + 1]) for i, c in enumerate(contexts)])
+
+        return attend
 
 
 class Block(nn.Module):
@@ -232,9 +328,10 @@ class Block(nn.Module):
     def __init__(self, cfg: WAMConfig) -> None:
         super().__init__()
         dim = cfg.dim
+        image = cfg.image_conditioning
         self.norm1 = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
         self.attn1 = Attention(dim, cfg.num_heads, cfg.eps)
-        self.attn2 = Attention(dim, cfg.num_heads, cfg.eps)
+        self.attn2 = Attention(dim, cfg.num_heads, cfg.eps, added_kv_dim=dim if image is not None else None)
         self.norm2 = FP32LayerNorm(dim, cfg.eps, elementwise_affine=True)
         self.ffn = FeedForward(dim, inner_dim=cfg.ffn_dim, activation_fn="gelu-approximate")
         self.norm3 = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
@@ -245,84 +342,131 @@ class Block(nn.Module):
         x: Tensor,
         temb: Tensor,
         rope: tuple[Tensor, Tensor],
-        past: tuple[Tensor, Tensor] | None,
-        mask: Tensor | None,
-        text_kv: tuple[Tensor, Tensor],
-        text_mask: Tensor | None,
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x: (B, L, D) tokens; temb: (B, L, 6, D); past: cached (keys, values) they may also see.
-
-        Returns the new hidden states and these tokens' own (keys, values) for the cache.
-        """
+        attend_self: Callable[[Tensor, Tensor, Tensor], Tensor],
+        attend_cross: Callable[[Tensor], Tensor],
+    ) -> Tensor:
+        """x: (B, L, D) tokens; temb: (B, L, 6, D); `attend_self(q, k, v)` applies the block-causal
+        pattern (and the KV cache), `attend_cross(q)` the instruction."""
         mods = (self.scale_shift_table.unsqueeze(0) + temb.float()).chunk(6, dim=2)
         shift, scale, gate, c_shift, c_scale, c_gate = (m.squeeze(2) for m in mods)
         h = (self.norm1(x.float()) * (1 + scale) + shift).type_as(x)
+        q = self.attn1.query(h, rope)
         k, v = self.attn1.keys_values(h, rope)
-        keys, values = (k, v) if past is None else (torch.cat([past[0], k], 1), torch.cat([past[1], v], 1))
-        x = (x.float() + self.attn1(h, keys, values, rope, mask) * gate).type_as(x)
+        x = (x.float() + self.attn1.out(attend_self(q, k, v), h) * gate).type_as(x)
         h = self.norm2(x.float()).type_as(x)
-        x = x + self.attn2(h, *text_kv, None, text_mask)
+        x = x + self.attn2.out(attend_cross(self.attn2.query(h, None)), h)
         h = (self.norm3(x.float()) * (1 + c_scale) + c_shift).type_as(x)
-        return (x.float() + self.ffn(h).float() * c_gate).type_as(x), (k, v)
+        ffn: Tensor = self.ffn(h)
+        return (x.float() + ffn.float() * c_gate).type_as(x)
 
 
-@dataclass
 class KVCache:
-    """A session's cached self-attention keys/values per layer, and the text keys/values."""
+    """One session's self-attention keys/values per layer, in buffers allocated once.
 
-    keys: list[Tensor] = field(default_factory=list)
-    values: list[Tensor] = field(default_factory=list)
-    meta: TokenMeta | None = None
-    text_kv: list[tuple[Tensor, Tensor]] | None = None
-    text_mask: Tensor | None = None
+    New tokens' keys/values are written in place after the cached ones, so attending to
+    [cache | new] is a view of the buffer: no call ever copies the history, and a batch of
+    sessions attends to each session's own buffer (see WorldActionModel.run).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.keys: list[Tensor] = []
+        self.values: list[Tensor] = []
+        self.length = 0
+        self.meta: TokenMeta | None = None
+        # The last attention pattern planned against this cache: a chunk's denoising steps reuse it.
+        self._pattern: tuple[TokenMeta, int, Callable[..., Tensor]] | None = None
+
+    def pattern(
+        self, query: TokenMeta, plan: Callable[[TokenMeta, TokenMeta], Callable[..., Tensor]]
+    ) -> Callable[..., Tensor]:
+        """The attention of `query` against [cache | query], planned once per query and length
+        (the pattern depends on the tokens' kinds and chunks only)."""
+        memo = self._pattern
+        if (
+            memo is not None
+            and memo[1] == self.length
+            and torch.equal(memo[0].kind, query.kind)
+            and torch.equal(memo[0].chunk, query.chunk)
+        ):
+            return memo[2]
+        keys = query if self.meta is None else TokenMeta.cat([self.meta, query])
+        pattern = plan(query, keys)
+        self._pattern = (query, self.length, pattern)
+        return pattern
 
     @property
     def num_tokens(self) -> int:
-        return 0 if self.meta is None else len(self.meta)
+        return self.length
 
     @property
     def num_chunks(self) -> int:
         return 0 if self.meta is None else int(self.meta.chunk.max().item())
 
     def nbytes(self) -> int:
-        tensors = self.keys + self.values + [t for kv in self.text_kv or [] for t in kv]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
-    @staticmethod
-    def stack(caches: list[KVCache]) -> KVCache:
-        """One batch of single-sample caches of any lengths; shorter ones padded with PAD tokens."""
-        length = max(c.num_tokens for c in caches)
-        layers = len(caches[0].keys)
-        keys, values, metas = [], [], []
-        for c in caches:
-            assert c.meta is not None and not c.meta.batched
-            pad = length - c.num_tokens
-            keys.append([F.pad(k, (0, 0, 0, 0, 0, pad)) for k in c.keys])
-            values.append([F.pad(v, (0, 0, 0, 0, 0, pad)) for v in c.values])
-            metas.append(
-                TokenMeta(
-                    F.pad(c.meta.kind, (0, pad), value=int(Kind.PAD)),
-                    F.pad(c.meta.chunk, (0, pad)),
-                    F.pad(c.meta.pos, (0, 0, 0, pad)),
+    def _ensure(self, layers: int, like: Tensor) -> None:
+        if not self.keys:
+            shape = (like.shape[0], self.capacity, *like.shape[2:])
+            self.keys = [like.new_zeros(shape) for _ in range(layers)]
+            self.values = [like.new_zeros(shape) for _ in range(layers)]
+
+    def extend(self, layer: int, layers: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Writes k, v (B, L, H, d) after the cached tokens; returns views of [cache | k, v]."""
+        self._ensure(layers, k)
+        end = self.length + k.shape[1]
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache: {end} tokens exceed its capacity of {self.capacity}")
+        self.keys[layer][:, self.length : end] = k
+        self.values[layer][:, self.length : end] = v
+        return self.keys[layer][:, :end], self.values[layer][:, :end]
+
+    def commit(self, meta: TokenMeta) -> None:
+        """Keeps the tokens last written by `extend` as history."""
+        self.meta = meta if self.meta is None else TokenMeta.cat([self.meta, meta])
+        self.length = len(self.meta)
+
+    def truncate(self, tokens: int) -> None:
+        """Forgets everything after the first `tokens` (the buffers stay allocated)."""
+        if self.meta is not None:
+            self.length = min(tokens, self.length)
+            self.meta = (
+                None
+                if self.length == 0
+                else TokenMeta(
+                    self.meta.kind[: self.length],
+                    self.meta.chunk[: self.length],
+                    self.meta.pos[: self.length],
                 )
             )
-        return KVCache(
-            keys=[torch.cat([k[i] for k in keys]) for i in range(layers)],
-            values=[torch.cat([v[i] for v in values]) for i in range(layers)],
-            meta=TokenMeta.stack(metas),
-        )
+
+
+class ImageEmbedding(nn.Module):
+    """Wan's WanImageEmbedding (same parameter names): CLIP image tokens -> the model width."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.norm1 = FP32LayerNorm(in_features)
+        self.ff = FeedForward(in_features, out_features, mult=1, activation_fn="gelu")
+        self.norm2 = FP32LayerNorm(out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return cast(Tensor, self.norm2(self.ff(self.norm1(x))))
 
 
 class ConditionEmbedder(nn.Module):
-    """Wan's WanTimeTextImageEmbedding without the image branch (same parameter names)."""
+    """Wan's WanTimeTextImageEmbedding (same parameter names); the image branch only for I2V."""
 
-    def __init__(self, dim: int, freq_dim: int, text_dim: int) -> None:
+    def __init__(self, dim: int, freq_dim: int, text_dim: int, image_dim: int | None) -> None:
         super().__init__()
         self.timesteps_proj = Timesteps(freq_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedder = TimestepEmbedding(in_channels=freq_dim, time_embed_dim=dim)
         self.act_fn = nn.SiLU()
         self.time_proj = nn.Linear(dim, 6 * dim)
         self.text_embedder = PixArtAlphaTextProjection(text_dim, dim, act_fn="gelu_tanh")
+        if image_dim is not None:
+            self.image_embedder = ImageEmbedding(image_dim, dim)
 
 
 class MLP(nn.Sequential):
@@ -330,18 +474,23 @@ class MLP(nn.Sequential):
         super().__init__(nn.Linear(din, dim), nn.SiLU(), nn.Linear(dim, dim))
 
 
+AttendSelf = Callable[[int, Tensor, Tensor, Tensor], Tensor]
+
+
 class WorldActionModel(nn.Module):
     def __init__(self, cfg: WAMConfig) -> None:
         super().__init__()
         self.config = cfg
         dim, patch = cfg.dim, cfg.patch_size
-        channels = cfg.vae.z_dim
+        image = cfg.image_conditioning
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_max_seq_len)
-        self.patch_embedding = nn.Conv3d(channels, dim, kernel_size=patch, stride=patch)
-        self.condition_embedder = ConditionEmbedder(dim, cfg.freq_dim, cfg.text.dim)
+        self.patch_embedding = nn.Conv3d(cfg.in_channels, dim, kernel_size=patch, stride=patch)
+        self.condition_embedder = ConditionEmbedder(
+            dim, cfg.freq_dim, cfg.text.dim, image.image_dim if image is not None else None
+        )
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.num_layers)])
         self.norm_out = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
-        self.proj_out = nn.Linear(dim, channels * math.prod(patch))
+        self.proj_out = nn.Linear(dim, cfg.vae.z_dim * math.prod(patch))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
         # Actions and state: per-embodiment heads around a shared, padded width.
         self.action_pos = nn.Parameter(torch.randn(cfg.actions_per_chunk, dim) * 0.02)
@@ -350,6 +499,7 @@ class WorldActionModel(nn.Module):
         self.action_decoders = nn.ModuleDict()
         for head in cfg.embodiments:
             self._add_heads(head.name)
+        self.gradient_checkpointing = False  # recompute each block in backward (trainer option)
 
     def _add_heads(self, name: str) -> None:
         cfg, dim = self.config, self.config.dim
@@ -365,9 +515,16 @@ class WorldActionModel(nn.Module):
         self.config = self.config.model_copy(update={"embodiments": [*self.config.embodiments, head]})
         WAMConfig.model_validate(self.config.model_dump())
         self._add_heads(name)
-        device = self.action_pos.device
         for module in (self.action_encoders[name], self.state_encoders[name], self.action_decoders[name]):
-            module.to(device)
+            module.to(device=self.action_pos.device, dtype=self.action_pos.dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embedding.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.patch_embedding.weight.device
 
     # Embedding -----------------------------------------------------------------------------
 
@@ -381,13 +538,26 @@ class WorldActionModel(nn.Module):
         return temb, ce.time_proj(ce.act_fn(temb)).unflatten(2, (6, -1))
 
     def video_tokens(
-        self, latents: Tensor, first_frame: int, kind: Kind, chunk: Tensor | int
+        self,
+        latents: Tensor,
+        first_frame: int,
+        kind: Kind,
+        chunk: Tensor | int,
+        conditioning: Tensor | None = None,
     ) -> tuple[Tensor, TokenMeta]:
-        """(B, C, F, H, W) latents -> (B, F*h*w, D) tokens and their metadata.
+        """(B, C, F, h, w) latents -> (B, F*h*w, D) tokens and their metadata.
 
-        `chunk`: one chunk index for every frame, or (F,) per latent frame.
+        `chunk`: one chunk index for every frame, or (F,) per latent frame. `conditioning`: for
+        Wan I2V, the (B, mask + C, F, h, w) first-frame channels of these same frames.
         """
-        x = self.patch_embedding(latents)
+        x = latents.to(self.dtype)
+        if self.config.image_conditioning is not None:
+            if conditioning is None or conditioning.shape[2] != latents.shape[2]:
+                raise ValueError(
+                    "conditioning: I2V video tokens need the first-frame channels of their frames"
+                )
+            x = torch.cat([x, conditioning.to(self.dtype)], dim=1)
+        x = self.patch_embedding(x)
         _, _, f, h, w = x.shape
         tokens = x.flatten(2).transpose(1, 2).contiguous()
         return tokens, self._to_device(video_meta(f, h, w, first_frame, kind, chunk), tokens.device)
@@ -398,6 +568,7 @@ class WorldActionModel(nn.Module):
 
     def _per_embodiment(self, heads: nn.ModuleDict, embodiments: list[str], x: Tensor) -> Tensor:
         """Applies each sample's own embodiment head."""
+        x = x.to(self.dtype)
         if len(set(embodiments)) == 1:
             return heads[embodiments[0]](x)  # type: ignore[no-any-return]
         outs = [heads[name](x[i : i + 1]) for i, name in enumerate(embodiments)]
@@ -408,78 +579,131 @@ class WorldActionModel(nn.Module):
     ) -> tuple[Tensor, TokenMeta]:
         """(B, A, max_action_dim) padded actions + (B, max_action_dim) mask -> (B, A, D)."""
         b, a, _ = actions.shape
-        inp = torch.cat([actions * action_mask[:, None, :], action_mask[:, None, :].expand(b, a, -1)], dim=-1)
+        mask = action_mask.to(actions.dtype)
+        inp = torch.cat([actions * mask[:, None, :], mask[:, None, :].expand(b, a, -1)], dim=-1)
         tokens = self._per_embodiment(self.action_encoders, embodiments, inp) + self.action_pos[:a]
         return tokens, self._to_device(action_meta(a, chunk, frame), tokens.device)
 
     def state_tokens(
         self, state: Tensor, state_mask: Tensor, embodiments: list[str], chunk: int, frame: int
     ) -> tuple[Tensor, TokenMeta]:
-        inp = torch.cat([state * state_mask, state_mask], dim=-1)[:, None, :]
+        mask = state_mask.to(state.dtype)
+        inp = torch.cat([state * mask, mask], dim=-1)[:, None, :]
         tokens = self._per_embodiment(self.state_encoders, embodiments, inp)
         return tokens, self._to_device(state_meta(chunk, frame), tokens.device)
 
-    def text_context(
-        self, text: Tensor, text_mask: Tensor | None
-    ) -> tuple[list[tuple[Tensor, Tensor]], Tensor | None]:
-        """Cross-attention keys/values per layer (computed once per instruction)."""
-        context = self.condition_embedder.text_embedder(text)
-        mask = None if text_mask is None else text_mask.bool()[:, None, None, :]
-        return [cast(Block, block).attn2.keys_values(context, None) for block in self.blocks], mask
+    def cross_context(
+        self, text: Tensor, text_mask: Tensor | None, image: Tensor | None = None
+    ) -> CrossContext:
+        """Cross-attention keys/values per layer, computed once per instruction (and first frame).
+
+        With `text.mask_padding` off (Wan), every one of the max_tokens (zeroed) positions is
+        attended to, as Wan was trained; `image`: (B, 257, image_dim) CLIP tokens for I2V.
+        """
+        ce = self.condition_embedder
+        context = ce.text_embedder(text.to(self.dtype))
+        use_mask = text_mask is not None and self.config.text.mask_padding
+        mask = text_mask.bool()[:, None, None, :] if use_mask and text_mask is not None else None
+        blocks = [cast(Block, b) for b in self.blocks]
+        image_kv = None
+        if self.config.image_conditioning is not None:
+            if image is None:
+                raise ValueError("image: an I2V model needs the first frame's CLIP image tokens")
+            tokens = ce.image_embedder(image.to(self.dtype)).to(self.dtype)
+            image_kv = [b.attn2.image_keys_values(tokens) for b in blocks]
+        return CrossContext([b.attn2.keys_values(context, None) for b in blocks], mask, image_kv)
 
     # Running -------------------------------------------------------------------------------
+
+    def _attention(self, query: TokenMeta, key: TokenMeta, device: torch.device) -> Callable[..., Tensor]:
+        """q, k, v -> out under the block-causal mask, with the configured kernel."""
+        kernel = self.config.attention
+        if kernel == "dense" or query.batched or key.batched:
+            mask = attention_mask(query, key)
+            mask = mask[:, None] if mask.ndim == 3 else mask
+            return lambda q, k, v: _sdpa(q, k, v, mask)
+        return AttentionBlocks.plan(query, key).attend
 
     def run(
         self,
         tokens: Tensor,
         timesteps: Tensor,
         meta: TokenMeta,
-        text_kv: list[tuple[Tensor, Tensor]],
-        text_mask: Tensor | None,
-        cache: KVCache | None = None,
+        cross: CrossContext | list[CrossContext],
+        cache: KVCache | list[KVCache] | None = None,
         write_cache: bool = False,
     ) -> Tensor:
         """Runs the blocks on `tokens`, attending to `cache` (if any) plus themselves.
 
-        With `write_cache`, these tokens' keys/values are appended to the cache (clean
-        history). Returns the final hidden states after the output norm, (B, L, D).
+        `cache`/`cross` as lists: one single-sample session per batch row, each attending to
+        its own cache and instruction (no stacking copies). With `write_cache`, these tokens'
+        keys/values stay in the cache as history. Returns the hidden states after the output
+        norm, (B, L, D).
         """
         temb, temb6 = self.timestep_embedding(timesteps)
         rope = self.rope(meta.pos)
-        all_meta = meta if cache is None or cache.meta is None else TokenMeta.cat([cache.meta, meta])
-        mask = attention_mask(meta, all_meta)
+        layers = len(self.blocks)
+        device = tokens.device
+        attend_cross = CrossContext.per_sample(cross) if isinstance(cross, list) else cross.attend
+        attend_self: AttendSelf
+        metas: list[TokenMeta] = []
+        if isinstance(cache, list):
+            metas = [TokenMeta(meta.kind[i], meta.chunk[i], meta.pos[i]) for i in range(len(cache))]
+            if not meta.batched:
+                metas = [meta] * len(cache)
+            plan = partial(self._attention, device=device)
+            patterns = [c.pattern(m, plan) for m, c in zip(metas, cache, strict=True)]
+            caches = cache
+
+            def attend_self(layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+                outs = []
+                for i, (c, pattern) in enumerate(zip(caches, patterns, strict=True)):
+                    keys, values = c.extend(layer, layers, k[i : i + 1], v[i : i + 1])
+                    outs.append(pattern(q[i : i + 1], keys, values))
+                return torch.cat(outs)
+
+        elif cache is not None:
+            one = cache
+            pattern = one.pattern(meta, partial(self._attention, device=device))
+
+            def attend_self(layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+                return pattern(q, *one.extend(layer, layers, k, v))
+
+        else:
+            plain = self._attention(meta, meta, device)
+
+            def attend_self(layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+                return plain(q, k, v)
+
         x = tokens
-        fresh: list[tuple[Tensor, Tensor]] = []
         for i, block in enumerate(self.blocks):
-            past = None if cache is None or cache.meta is None else (cache.keys[i], cache.values[i])
-            x, kv = block(x, temb6, rope, past, mask, text_kv[i], text_mask)
-            fresh.append(kv)
-        if write_cache:
-            assert cache is not None
-            if cache.meta is None:
-                cache.keys = [k for k, _ in fresh]
-                cache.values = [v for _, v in fresh]
+            args = (x, temb6, rope, partial(attend_self, i), partial(attend_cross, i))
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x = cast(Tensor, checkpoint(block, *args, use_reentrant=False))
             else:
-                cache.keys = [torch.cat([old, k], 1) for old, (k, _) in zip(cache.keys, fresh, strict=True)]
-                cache.values = [
-                    torch.cat([old, v], 1) for old, (_, v) in zip(cache.values, fresh, strict=True)
-                ]
-            cache.meta = all_meta
+                x = block(*args)
+        if write_cache:
+            if isinstance(cache, list):
+                for c, m in zip(cache, metas, strict=True):
+                    c.commit(m)
+            elif cache is not None:
+                cache.commit(meta)
         shift, scale = (self.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
         normed = cast(Tensor, self.norm_out(x.float()))
         return (normed * (1 + scale.squeeze(2)) + shift.squeeze(2)).type_as(x)
 
     def unpatchify(self, hidden: Tensor, frames: int) -> Tensor:
-        """(B, frames*h*w, D) -> (B, C, frames, H, W) velocity for video latents."""
+        """(B, frames*h*w, D) -> (B, C, frames, H, W) velocity for video latents (float32)."""
         b = hidden.shape[0]
         p_t, p_h, p_w = self.config.patch_size
         lh, lw = self.config.latent_hw
         h, w = lh // p_h, lw // p_w
-        out = self.proj_out(hidden).reshape(b, frames // p_t, h, w, p_t, p_h, p_w, -1)
+        out = self.proj_out(hidden).float().reshape(b, frames // p_t, h, w, p_t, p_h, p_w, -1)
         return cast(Tensor, out.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3))
 
     def decode_actions(self, hidden: Tensor, embodiments: list[str]) -> Tensor:
-        return self._per_embodiment(self.action_decoders, embodiments, hidden)
+        """(B, A, D) -> (B, A, max_action_dim) action velocity (float32)."""
+        return self._per_embodiment(self.action_decoders, embodiments, hidden).float()
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from wamfleet.model.config import WAMConfig
+from wamfleet.model.image import ImageEncoder
 
 Frames: TypeAlias = NDArray[np.uint8] | Tensor
 
@@ -103,6 +104,9 @@ class VideoCodec(nn.Module):
         self.register_buffer("latents_mean", mean)
         self.register_buffer("latents_std", std)
         self.vae.eval().requires_grad_(False)
+        # Wan I2V's CLIP tower: part of the codec, so shards, training and serving share its weights.
+        image = cfg.image_conditioning
+        self.image_encoder = ImageEncoder(image) if image is not None else None
 
     @property
     def device(self) -> torch.device:
@@ -127,7 +131,7 @@ class VideoCodec(nn.Module):
         views = views.reshape(-1, cams, 3, vh, vw)
         canvas_h, canvas_w = self.cfg.canvas_size
         canvas = views.new_full((views.shape[0], 3, canvas_h, canvas_w), -1.0)
-        cols = self.cfg.canvas_grid[1]
+        cols = self.cfg.grid[1]
         for i in range(cams):
             r, c = divmod(i, cols)
             canvas[:, :, r * vh : (r + 1) * vh, c * vw : (c + 1) * vw] = views[:, i]
@@ -182,6 +186,35 @@ class VideoCodec(nn.Module):
         _, c, fc, h, w = chunks.shape
         chunks = chunks.reshape(b, k, c, fc, h, w).transpose(1, 2).reshape(b, c, k * fc, h, w)
         return cond, chunks
+
+    @torch.no_grad()
+    def first_frame_conditioning(self, frame: Frames, latent_frames: int) -> tuple[Tensor, Tensor]:
+        """Everything Wan I2V is told about a conditioning frame (B, V, H, W, 3): its CLIP image
+        tokens (B, tokens, image_dim) and its first-frame channels over `latent_frames`."""
+        if self.image_encoder is None:
+            raise ValueError("image_conditioning: this model config has no I2V conditioning")
+        x = _as_uint8(frame, "frame", ndim=5).to(self.device)
+        return self.image_encoder.encode(self.tile(x)), self.first_frame_channels(x, latent_frames)
+
+    @torch.no_grad()
+    def first_frame_channels(self, frame: Frames, latent_frames: int) -> Tensor:
+        """Wan I2V's conditioning channels (B, temporal_factor + C, latent_frames, h, w) for a
+        conditioning frame (B, V, H, W, 3): the mask (1 on the first latent frame, as Wan folds
+        one mask per raw frame) and the normalised latents of [first frame, then zeros] (mid
+        grey in [-1, 1]), exactly as Wan's I2V pipeline and DreamZero build them."""
+        x = _as_uint8(frame, "frame", ndim=5)
+        first = self.tile(x.to(self.device))  # (B, 3, Hc, Wc)
+        factor = self.cfg.vae.temporal_factor
+        raw = 1 + (latent_frames - 1) * factor
+        video = torch.zeros(first.shape[0], 3, raw, *first.shape[-2:], device=first.device)
+        video[:, :, 0] = first
+        dtype = next(self.vae.parameters()).dtype
+        z = self.vae.encode(video.to(dtype)).latent_dist.mode().float()
+        mean, std = self._stats()
+        latents = (z - mean) / std
+        mask = torch.zeros(first.shape[0], factor, latent_frames, *latents.shape[-2:], device=latents.device)
+        mask[:, :, 0] = 1.0
+        return torch.cat([mask, latents], dim=1)
 
     @torch.no_grad()
     def fit_latent_stats(self, videos: Frames | Iterable[Frames]) -> None:

@@ -100,33 +100,28 @@ def test_cached_chunk_velocity_matches_the_training_sequence() -> None:
     sigmas = torch.full((1, 3), 0.6)
     video_v, action_v = velocities(model, batch, noisy_video, noisy_actions, sigmas)
 
+    from wamfleet.model import sequence
     from wamfleet.model.transformer import KVCache
 
-    cache = KVCache()
-    text_kv, text_mask = model.text_context(batch.text, batch.text_mask)
+    cache = KVCache(sequence.history_capacity(cfg))
+    cross = model.cross_context(batch.text, batch.text_mask)
     with torch.no_grad():
-        tok, meta = model.video_tokens(batch.cond, 0, Kind.COND, 0)
-        model.run(tok, torch.zeros(1, tok.shape[1]), meta, text_kv, text_mask, cache, write_cache=True)
-        for c in range(2):
-            tok, meta = model.video_tokens(
-                batch.video[:, :, c * fc : (c + 1) * fc], 1 + c * fc, Kind.CLEAN, c + 1
-            )
-            model.run(tok, torch.zeros(1, tok.shape[1]), meta, text_kv, text_mask, cache, write_cache=True)
-        chunk, frame = 3, 1 + 2 * fc
-        v_tok, v_meta = model.video_tokens(noisy_video[:, :, 2 * fc :], frame, Kind.NOISY, chunk)
-        a_tok, a_meta = model.action_tokens(
-            noisy_actions[:, 2], batch.action_mask, batch.embodiments, chunk, frame
+        tok, meta = sequence.cond_tokens(model, batch.cond, None)
+        model.run(tok, torch.zeros(1, tok.shape[1]), meta, cross, cache, write_cache=True)
+        tok, meta = sequence.clean_tokens(model, batch.video[:, :, : 2 * fc], 1, None)
+        model.run(tok, torch.zeros(1, tok.shape[1]), meta, cross, cache, write_cache=True)
+        query = sequence.query_tokens(
+            model,
+            noisy_video[:, :, 2 * fc :],
+            noisy_actions[:, 2],
+            sequence.state_token(model, batch.states[:, 2], batch.state_mask, batch.embodiments),
+            batch.action_mask,
+            batch.embodiments,
+            None,
         )
-        s_tok, s_meta = model.state_tokens(
-            batch.states[:, 2], batch.state_mask, batch.embodiments, chunk, frame
-        )
-        query = torch.cat([v_tok, a_tok, s_tok], 1)
-        t = torch.full((1, query.shape[1]), 600.0)
-        t[:, -1] = 0
-        hidden = model.run(query, t, TokenMeta.cat([v_meta, a_meta, s_meta]), text_kv, text_mask, cache)
-    n = v_tok.shape[1]
-    cached_video = model.unpatchify(hidden[:, :n], fc)
-    cached_actions = model.decode_actions(hidden[:, n : n + cfg.actions_per_chunk], batch.embodiments)
+        t = sequence.query_timesteps(torch.tensor([0.6]), query.shape[1])
+        hidden = model.run(query, t, sequence.query_meta(cfg, 3), cross, cache)
+    cached_video, cached_actions = sequence.split_query(model, hidden, batch.embodiments)
     assert (cached_video - video_v[:, :, 2 * fc :]).abs().max() <= 1e-4
     assert (cached_actions - action_v[:, 2]).abs().max() <= 1e-4
 
@@ -201,7 +196,9 @@ def test_sampler_resets_after_the_context_limit() -> None:
         ({"video_frames_per_chunk": 6}, "video_frames_per_chunk"),
         ({"actions_per_chunk": 6}, "actions_per_chunk"),
         ({"view_size": (30, 32)}, "view_size"),
-        ({"cameras": ["a", "b", "c"]}, "canvas_grid"),
+        ({"cameras": ["a", "b", "c"], "canvas_grid": (1, 2)}, "canvas_grid"),
+        ({"max_cache_chunks": 5}, "max_cache_chunks"),
+        ({"dit_steps": [1, 2]}, "dit_steps"),
         ({"embodiments": [{"name": "x", "state_dim": 99, "action_dim": 1}]}, "embodiments"),
         ({"inference_steps": 0}, "inference_steps"),
     ],
@@ -238,7 +235,9 @@ def test_preset_overrides_merge_nested_sections() -> None:
     )
     assert cfg.vae.z_dim == 16 and str(cfg.vae.pretrained) == "/weights/vae"
     assert cfg.text.kind == "umt5" and cfg.text.dim == 4096
-    assert cfg.tokens_per_latent_frame == 30 * 40
+    assert cfg.tokens_per_latent_frame == 22 * 40 // 2  # two cameras side by side: 176 x 640
+    droid = WAMConfig.preset_named("wan2.1-14b", cameras=["exterior_1", "exterior_2", "wrist"])
+    assert droid.grid == (2, 2) and droid.tokens_per_latent_frame == 880  # DreamZero's 352 x 640
 
 
 @pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
