@@ -9,8 +9,11 @@ the queue (as LeRobot's async inference does): `latest` lets the newest chunk wi
 averages every chunk's proposal for a step with weights exp(-decay * age in chunks).
 
 The frames seen while a chunk runs are kept at the server's video rate (one every
-actions_per_chunk / video_frames_per_chunk steps) and sent with the next request, so the
-server writes what really happened into its KV cache instead of its own prediction.
+actions_per_chunk / video_frames_per_chunk steps, counted from the episode's first frame) and
+sent with the next request with the index of the last one, so the server writes what really
+happened, at the time it happened, into its KV cache instead of its own prediction. Requests
+are sent only on that lattice, so every request's frame is a video frame; frames of a failed
+request are sent again with the next one (the server drops what it already has).
 
 A robot must never stall on the network: a timeout, an error or an empty queue makes the
 robot hold a safe action for that step (zeros by default: "hold still" for delta actions),
@@ -27,7 +30,6 @@ import logging
 import math
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -162,6 +164,7 @@ class _InFlight:
     future: Future[_Reply]
     obs_step: int
     sent_at: float  # runner clock
+    frame_index: int  # video-rate index of the request's last frame
 
 
 class ActionChunkRunner:
@@ -226,8 +229,9 @@ class ActionChunkRunner:
         return max(1, meta.actions_per_chunk // meta.video_frames_per_chunk)
 
     def _frames_kept(self) -> int:
+        """At most two chunks of frames per request: enough to catch up after a failed request."""
         meta = self.metadata
-        return max(1, meta.video_frames_per_chunk) if meta is not None else 1
+        return 2 * max(1, meta.video_frames_per_chunk) if meta is not None else 1
 
     def _safe(self, state: NDArray[np.float32]) -> NDArray[np.float32]:
         if callable(self.safe_action):
@@ -254,18 +258,18 @@ class ActionChunkRunner:
         stats = EpisodeRunStats()
         # step -> [(chunk number, proposed action)]; only steps not yet executed.
         plan: dict[int, list[tuple[int, NDArray[np.float32]]]] = {}
-        frames: deque[NDArray[np.uint8]] = deque(maxlen=1)
-        last_request_step = 0
+        video: dict[int, NDArray[np.uint8]] = {}  # video-rate index -> frame the server may lack
+        acked = -1  # the last frame index a reply confirmed
         retry_at = -math.inf
         last_failure: RunnerEvent | None = None
         chunk_seq = 0
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-request")
         inflight: _InFlight | None = None
 
-        def call(images: NDArray[np.uint8], state: NDArray[np.float32]) -> _Reply:
+        def call(images: NDArray[np.uint8], state: NDArray[np.float32], index: int) -> _Reply:
             started = time.perf_counter()
             try:
-                chunk = self.client.infer(session, instruction, images, state)
+                chunk = self.client.infer(session, instruction, images, state, frame_index=index)
                 return _Reply(chunk, None, "", time.perf_counter() - started)
             except PolicyTimeout as exc:
                 return _Reply(None, "timeout", str(exc), time.perf_counter() - started)
@@ -276,18 +280,17 @@ class ActionChunkRunner:
                 return _Reply(None, "error", detail, time.perf_counter() - started)
 
         def send(step: int, images: NDArray[np.uint8], state: NDArray[np.float32]) -> _InFlight:
-            nonlocal last_request_step, frames
-            if not frames or frames[-1] is not images:
-                frames.append(images)
-            batch = np.stack(list(frames))  # [T, views, H, W, 3], the current frame last
-            frames = deque(maxlen=self._frames_kept())
-            last_request_step = step
+            index = step // self._stride()
+            video[index] = images
+            pending = sorted(i for i in video if i > acked)[-self._frames_kept() :]
+            batch = np.stack([video[i] for i in pending])  # [T, views, H, W, 3], the current frame last
             stats.requests += 1
             stats.request_steps.append(step)
-            return _InFlight(executor.submit(call, batch, state.copy()), step, clock.now())
+            future = executor.submit(call, batch, state.copy(), index)
+            return _InFlight(future, step, clock.now(), index)
 
         def land(flight: _InFlight, reply: _Reply, next_step: int) -> None:
-            nonlocal chunk_seq, last_failure, retry_at
+            nonlocal chunk_seq, last_failure, retry_at, acked
             if reply.chunk is None:
                 assert reply.reason is not None
                 last_failure = RunnerEvent(next_step, reply.reason, reply.detail)
@@ -297,6 +300,9 @@ class ActionChunkRunner:
                 return
             chunk = reply.chunk
             last_failure = None
+            acked = max(acked, flight.frame_index)
+            for old in [i for i in video if i <= acked]:
+                del video[old]
             stats.chunks += 1
             stats.latencies_s.append(chunk.latency_s)
             if chunk.policy_version and chunk.policy_version not in stats.policy_versions:
@@ -339,11 +345,11 @@ class ActionChunkRunner:
                     if reply is not None:
                         land(inflight, reply, step)
                         inflight = None
-                since = step - last_request_step
-                if since > 0 and since % self._stride() == 0:
-                    frames.append(images)
+                on_lattice = step % self._stride() == 0
+                if on_lattice:
+                    video[step // self._stride()] = images
                 queued = sum(1 for s in plan if s >= step)
-                if inflight is None and queued < self._threshold() and now >= retry_at:
+                if inflight is None and on_lattice and queued < self._threshold() and now >= retry_at:
                     inflight = send(step, images, state)
                 action = self._pop(plan, step)
                 event = None

@@ -61,8 +61,18 @@ class PolicyClient(abc.ABC):
         """What to send and what comes back; may need a round trip (connect, or a first reply)."""
 
     @abc.abstractmethod
-    def infer(self, session_id: str, instruction: str, images: ArrayLike, state: ArrayLike) -> ActionChunk:
-        """The next chunk for `session_id`; images uint8 [views, H, W, 3] or [T, views, H, W, 3]."""
+    def infer(
+        self,
+        session_id: str,
+        instruction: str,
+        images: ArrayLike,
+        state: ArrayLike,
+        frame_index: int | None = None,
+    ) -> ActionChunk:
+        """The next chunk for `session_id`; images uint8 [views, H, W, 3] or [T, views, H, W, 3]:
+        the frames seen since the previous request at the server's video rate, the current one
+        last. `frame_index`: the video-rate index of the last image since the episode's first
+        frame, so the server places every frame at the time it was seen (resends and gaps too)."""
 
     @abc.abstractmethod
     def reset(self, session_id: str) -> None:
@@ -191,14 +201,23 @@ class WebsocketPolicyClient(PolicyClient):
             assert self._metadata is not None
             return self._metadata
 
-    def infer(self, session_id: str, instruction: str, images: ArrayLike, state: ArrayLike) -> ActionChunk:
-        message = {
+    def infer(
+        self,
+        session_id: str,
+        instruction: str,
+        images: ArrayLike,
+        state: ArrayLike,
+        frame_index: int | None = None,
+    ) -> ActionChunk:
+        message: dict[str, Any] = {
             "endpoint": "infer",
             "session_id": session_id,
             "instruction": instruction,
             "images": _images(images),
             "state": np.ascontiguousarray(state, dtype=np.float32).reshape(-1),
         }
+        if frame_index is not None:
+            message["frame_index"] = int(frame_index)
         started = time.perf_counter()
         reply = self._call(message)
         latency = time.perf_counter() - started
@@ -261,7 +280,12 @@ class RestPolicyClient(PolicyClient):
         return self._metadata
 
     def _body(
-        self, session_id: str, instruction: str, images: NDArray[np.uint8], state: NDArray[np.float32]
+        self,
+        session_id: str,
+        instruction: str,
+        images: NDArray[np.uint8],
+        state: NDArray[np.float32],
+        frame_index: int | None,
     ) -> dict[str, Any]:
         inputs: list[dict[str, Any]] = [
             {
@@ -276,13 +300,24 @@ class RestPolicyClient(PolicyClient):
         ]
         if session_id in self._pending_reset:
             inputs.append({"name": "reset", "shape": [1], "datatype": "BOOL", "data": [True]})
+        if frame_index is not None:
+            inputs.append(
+                {"name": "frame_index", "shape": [1], "datatype": "INT64", "data": [int(frame_index)]}
+            )
         return {"inputs": inputs}
 
-    def infer(self, session_id: str, instruction: str, images: ArrayLike, state: ArrayLike) -> ActionChunk:
+    def infer(
+        self,
+        session_id: str,
+        instruction: str,
+        images: ArrayLike,
+        state: ArrayLike,
+        frame_index: int | None = None,
+    ) -> ActionChunk:
         frames = _images(images)
         state_vec = np.asarray(state, dtype=np.float32).reshape(-1)
         with self._lock:
-            body = self._body(session_id, instruction, frames, state_vec)
+            body = self._body(session_id, instruction, frames, state_vec, frame_index)
             started = time.perf_counter()
             try:
                 response = self._http.post(f"{self.url}/v2/models/{self.model}/infer", json=body)

@@ -63,21 +63,34 @@ class ShadowedClient(PolicyClient):
     def metadata(self) -> PolicyMetadata:
         return self.primary.metadata()
 
-    def infer(self, session_id: str, instruction: str, images: ArrayLike, state: ArrayLike) -> ActionChunk:
+    def infer(
+        self,
+        session_id: str,
+        instruction: str,
+        images: ArrayLike,
+        state: ArrayLike,
+        frame_index: int | None = None,
+    ) -> ActionChunk:
         images_copy, state_copy = np.array(images, copy=True), np.array(state, copy=True)
-        chunk = self.primary.infer(session_id, instruction, images, state)
+        chunk = self.primary.infer(session_id, instruction, images, state, frame_index)
         future = self._pool.submit(
-            self._mirror, session_id, instruction, images_copy, state_copy, chunk.actions
+            self._mirror, session_id, instruction, images_copy, state_copy, frame_index, chunk.actions
         )
         with self._lock:
             self._pending.append(future)
         return chunk
 
     def _mirror(
-        self, session_id: str, instruction: str, images: np.ndarray, state: np.ndarray, executed: np.ndarray
+        self,
+        session_id: str,
+        instruction: str,
+        images: np.ndarray,
+        state: np.ndarray,
+        frame_index: int | None,
+        executed: np.ndarray,
     ) -> None:
         try:
-            reply = self.shadow.infer(f"shadow-{session_id}", instruction, images, state)
+            reply = self.shadow.infer(f"shadow-{session_id}", instruction, images, state, frame_index)
         except PolicyError:
             with self._lock:
                 self.stats.requests += 1

@@ -1,21 +1,32 @@
 """The policy engine: sessions with KV caches, request validation, and one action chunk per call.
 
 Both protocols (openpi websocket, KServe v2 REST) call the same engine. A session holds one
-episode's KV cache; it lives in an LRU bounded by a memory budget and a TTL. A request for an
-unknown, evicted, reset or re-instructed session starts a fresh one from the frames the request
-carries, never an error. Each `infer` after the first writes the frames the robot observed
-while executing the previous chunk into the cache (in place of the prediction), then denoises
-the next chunk.
+episode; it lives in an LRU bounded by a memory budget and a TTL. A request for an unknown,
+evicted, reset or re-instructed session starts a fresh one from the frames the request
+carries, never an error.
+
+Which frames go into the cache, at which positions (one rule, whatever the client's rhythm):
+every request carries the frames seen since its previous one at the video rate (one per
+`action_stride` control steps, the current frame last), optionally with `frame_index`, the
+video-rate index of its last frame. Frames are numbered from the session's first frame, so the
+cache's time axis is the time that really elapsed. A request at frame n is a chunk boundary:
+its chunk is predicted from the state at n and a history of whole chunks of real frames ending
+exactly at n, as in training. A client that asks every chunk (DreamZero's) is served from one
+cache; one that asks early (LeRobot-style runners ask with half a chunk left) lands on other
+phases of the chunk grid, and each phase (n mod frames-per-chunk) keeps its own cache, extended
+only with complete chunks of real frames. Nothing is padded, and a gap in the frames starts
+that phase's cache again from the latest frame (as a new session would) instead of pretending.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,9 +36,11 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
+from wamfleet.model.config import WAMConfig
 from wamfleet.model.normalize import QuantileNormalizer, dim_mask, pad_last
 from wamfleet.model.policy import LoadedPolicy
 from wamfleet.model.sampler import ChunkSampler, Session
+from wamfleet.model.sequence import history_capacity
 from wamfleet.platform.contracts.embodiment import EmbodimentSpec
 from wamfleet.platform.contracts.protocol import PolicyMetadata, ServerTiming
 from wamfleet.serving import metrics
@@ -36,6 +49,8 @@ log = logging.getLogger(__name__)
 MAX_IMAGE_SIDE = 2048
 MAX_FRAMES_PER_REQUEST = 64
 MAX_INSTRUCTION_CHARS = 1000
+MAX_FRAME_INDEX = 2**40
+MAX_PHASES = 2  # caches a session keeps: on-grid requests plus one early phase (least recent goes)
 
 
 class RequestError(ValueError):
@@ -49,6 +64,7 @@ class InferRequest:
     images: Any  # uint8 [views, H, W, 3] or [T, views, H, W, 3]
     state: Any  # float [state_dim]
     reset: bool = False
+    frame_index: Any = None  # video-rate index of the last image since the session's first frame
 
 
 @dataclass
@@ -65,26 +81,92 @@ class _Pending:
     request: InferRequest
     images: NDArray[np.uint8]
     state: NDArray[np.float32]
+    frame_index: int | None
     started: float
     validated: float
     started_batch: float = 0.0
     future: Future[InferResult] = field(default_factory=Future)
 
 
+@dataclass(frozen=True)
+class CacheWrite:
+    """A chunk of real frames written into a phase's cache: at chunk `chunk` of the cache whose
+    conditioning frame is `grid_start`, holding frames `frames` (video-rate indices)."""
+
+    grid_start: int
+    chunk: int
+    frames: tuple[int, ...]
+
+
+@dataclass
+class Grid:
+    """One KV cache whose chunk boundaries fall on frames grid_start + k * frames_per_chunk."""
+
+    sampler: Session
+    start: int  # frame index of its conditioning frame
+
+    def end(self, frames_per_chunk: int) -> int:
+        """The last frame it holds."""
+        return self.start + self.sampler.chunks_done * frames_per_chunk
+
+
 @dataclass
 class EngineSession:
-    sampler: Session
     instruction: str
-    last_frame: NDArray[np.uint8]  # (views, H, W, 3): the frame the next executed chunk starts from
-    awaiting_observation: bool = False
+    frames: OrderedDict[int, NDArray[np.uint8]] = field(default_factory=OrderedDict)  # index -> (V, H, W, 3)
+    now: int = 0  # index of the latest frame
+    # phase (frame index mod frames per chunk) -> its cache, least recently used first
+    grids: OrderedDict[int, Grid] = field(default_factory=OrderedDict)
     chunk_index: int = 0
     last_used: float = field(default_factory=time.monotonic)
+    writes: deque[CacheWrite] = field(default_factory=lambda: deque(maxlen=256))
 
     def nbytes(self) -> int:
-        caches = [self.sampler.cache] + ([self.sampler.null_cache] if self.sampler.null_cache else [])
-        return sum(c.nbytes() for c in caches) + sum(
-            t.numel() * t.element_size() for t in self.sampler.history
+        return sum(g.sampler.nbytes() for g in self.grids.values()) + sum(
+            f.nbytes for f in self.frames.values()
         )
+
+
+def session_bytes(cfg: WAMConfig, dtype: torch.dtype, phases: int = MAX_PHASES) -> int:
+    """The most one session's caches hold: per phase, self-attention keys/values for the full
+    cache and the cross-attention keys/values (both twice with guidance) in `dtype`, plus the
+    conditioning latents (and I2V channels). The raw frames it keeps (a context of them, at the
+    robot's resolution) come on top."""
+    size = torch.tensor([], dtype=dtype).element_size()
+    layers, dim = cfg.num_layers, cfg.dim
+    self_kv = 2 * layers * history_capacity(cfg) * dim * size
+    cross_tokens = cfg.text.max_tokens + (cfg.image_conditioning.tokens if cfg.image_conditioning else 0)
+    cross_kv = 2 * layers * cross_tokens * dim * size
+    branches = 2 if cfg.cfg_scale != 1.0 else 1
+    h, w = cfg.latent_hw
+    latents = cfg.vae.z_dim * h * w * 4
+    if cfg.image_conditioning is not None:
+        latents += (
+            (cfg.in_channels - cfg.vae.z_dim)
+            * (1 + cfg.cache_chunks * cfg.latent_frames_per_chunk)
+            * h
+            * w
+            * 4
+        )
+    return phases * (branches * (self_kv + cross_kv) + latents)
+
+
+def default_session_budget(cfg: WAMConfig, dtype: torch.dtype, device: torch.device, sessions: int) -> int:
+    """Room for `sessions` sessions, capped by the device: 80% of free GPU memory, or a quarter
+    of the machine's RAM on a CPU."""
+    want = sessions * session_bytes(cfg, dtype)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cap = int(free * 0.8)
+    else:
+        cap = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    if cap < session_bytes(cfg, dtype):
+        log.warning(
+            "session memory: one session needs %.2f GiB, %.2f GiB is available; robots will evict each other",
+            session_bytes(cfg, dtype) / 2**30,
+            cap / 2**30,
+        )
+    return max(1, min(want, cap))
 
 
 class SessionStore:
@@ -144,7 +226,7 @@ class PolicyEngine:
         *,
         version: str,
         embodiment: str | None = None,
-        max_session_bytes: int = 2 * 1024**3,
+        max_session_bytes: int | None = None,
         session_ttl_s: float = 600.0,
         max_batch: int = 8,
         max_wait_ms: float = 5.0,
@@ -172,10 +254,12 @@ class PolicyEngine:
         )
         self.cfg = policy.config
         self.sampler = ChunkSampler(policy.model)
+        self._device = policy.model.device
+        if max_session_bytes is None:  # sized for the preset, dtype and device
+            max_session_bytes = default_session_budget(self.cfg, policy.model.dtype, self._device, max_batch)
         self.sessions = SessionStore(max_session_bytes, session_ttl_s)
         self._lock = threading.Lock()
         self.seed = seed
-        self._device = next(policy.model.parameters()).device
         cfg = self.cfg
         self._action_mask = dim_mask(self.spec.action_dim, cfg.max_action_dim).to(self._device)
         self._state_mask = dim_mask(self.spec.state_dim, cfg.max_state_dim).to(self._device)
@@ -234,30 +318,105 @@ class PolicyEngine:
             raise RequestError("state: contains NaN or infinity")
         return images, state
 
+    @staticmethod
+    def validate_frame_index(value: Any) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+            raise RequestError(f"frame_index: expected a non-negative integer, got {type(value).__name__}")
+        if not 0 <= int(value) <= MAX_FRAME_INDEX:
+            raise RequestError(f"frame_index: must be within [0, {MAX_FRAME_INDEX}], got {int(value)}")
+        return int(value)
+
     # Inference -------------------------------------------------------------------------------
 
-    def _start(self, request: InferRequest, images: NDArray[np.uint8]) -> EngineSession:
-        latest = images[-1]
-        cond = self.policy.codec.encode(torch.from_numpy(latest)[None, None].to(self._device))
-        text, mask = self.policy.text.encode([request.instruction])
+    def _new_grid(self, session: EngineSession, start: int) -> Grid:
+        """A cache whose conditioning frame is the real frame `start` (as a new episode starts)."""
+        frame = session.frames[start]
+        cond = self.policy.codec.encode(torch.from_numpy(frame)[None, None].to(self._device))
+        text, mask = self.policy.text.encode([session.instruction])
         null = null_mask = None
         if self.cfg.cfg_scale != 1.0:
             null, null_mask = self.policy.text.null()
-        session = self.sampler.start(cond, text, mask, null, null_mask)
-        return EngineSession(session, request.instruction, latest.copy())
+        image = channels = None
+        if self.cfg.image_conditioning is not None:
+            pixels = torch.from_numpy(frame)[None].to(self._device)
+            latent_frames = 1 + self.cfg.cache_chunks * self.cfg.latent_frames_per_chunk
+            image, channels = self.policy.codec.first_frame_conditioning(pixels, latent_frames)
+        sampler = self.sampler.start(cond, text, mask, null, null_mask, image, channels)
+        return Grid(sampler, start)
 
-    def _observe(self, session: EngineSession, images: NDArray[np.uint8]) -> None:
-        """Encodes the frames seen while the last chunk ran and writes them into the cache."""
-        need = self.cfg.video_frames_per_chunk
-        frames = images[-need:]
-        if frames.shape[0] < need:  # fewer frames than the chunk spans: hold the first one
-            frames = np.concatenate([np.repeat(frames[:1], need - frames.shape[0], axis=0), frames])
-        prev = torch.from_numpy(session.last_frame)[None].to(self._device)
-        latents = self.policy.codec.encode_chunk(
-            prev, torch.from_numpy(np.ascontiguousarray(frames))[None].to(self._device)
-        )
-        self.sampler.observe(session.sampler, latents)
-        session.last_frame = images[-1].copy()
+    def _write_chunk(self, session: EngineSession, grid: Grid) -> bool:
+        """Writes the next whole chunk of real frames after the grid's end; False if any is missing."""
+        n = self.cfg.video_frames_per_chunk
+        end = grid.end(n)
+        wanted = range(end, end + n + 1)  # the previous frame, then the chunk's frames
+        if any(i not in session.frames for i in wanted):
+            return False
+        prev = torch.from_numpy(session.frames[end])[None].to(self._device)
+        chunk = np.stack([session.frames[i] for i in wanted[1:]])
+        latents = self.policy.codec.encode_chunk(prev, torch.from_numpy(chunk)[None].to(self._device))
+        self.sampler.observe(grid.sampler, latents)
+        session.writes.append(CacheWrite(grid.start, grid.sampler.chunks_done, tuple(wanted[1:])))
+        return True
+
+    def _receive(
+        self, session: EngineSession | None, request: InferRequest, pending: _Pending
+    ) -> EngineSession:
+        """Adds the request's frames at their video-rate indices; a new session starts at its last frame."""
+        images, index = pending.images, pending.frame_index
+        if session is None:
+            session = EngineSession(request.instruction)
+            last = 0 if index is None else index
+            session.frames[last] = images[-1].copy()
+            session.now = last
+            return session
+        last = session.now + images.shape[0] if index is None else index
+        if last < session.now:
+            raise RequestError(
+                f"frame_index: {last} is before the session's latest frame {session.now}; "
+                "send reset to start the episode over"
+            )
+        first = last - images.shape[0] + 1
+        for offset, frame in enumerate(images):
+            if first + offset > session.now:
+                session.frames[first + offset] = frame.copy()
+        session.now = last
+        keep = self.cfg.cache_chunks * self.cfg.video_frames_per_chunk
+        for old in [i for i in session.frames if i < session.now - keep]:
+            del session.frames[old]
+        return session
+
+    def _grid_for_now(self, session: EngineSession) -> Grid:
+        """The cache whose chunk grid has a boundary at the latest frame, caught up with every
+        whole chunk of real frames since its last one; a fresh one when it cannot be."""
+        n = self.cfg.video_frames_per_chunk
+        now = session.now
+        for phase in [p for p, g in session.grids.items() if now - g.end(n) > self.cfg.cache_chunks * n]:
+            del session.grids[phase]  # too far behind to ever catch up
+        grid = session.grids.get(now % n)
+        while grid is not None and now - grid.end(n) >= n and not self.sampler.needs_reset(grid.sampler):
+            if not self._write_chunk(session, grid):
+                break
+        if grid is None or grid.end(n) != now or self.sampler.needs_reset(grid.sampler):
+            grid = self._new_grid(session, now)  # a new phase, a gap, or the trained context is full
+            session.grids[now % n] = grid
+        session.grids.move_to_end(now % n)
+        while len(session.grids) > MAX_PHASES:  # e.g. a client sending one frame per request
+            session.grids.popitem(last=False)
+        return grid
+
+    def _prepare(self, pending: _Pending) -> tuple[EngineSession, Grid]:
+        """The request's session and the cache to predict from, with the new frames written in."""
+        request = pending.request
+        session = None if request.reset else self.sessions.get(request.session_id)
+        if session is not None and session.instruction != request.instruction:
+            session = None  # a new prompt starts a new session, as in DreamZero
+        fresh = session is None
+        session = self._receive(session, request, pending)
+        if fresh:
+            self.sessions.put(request.session_id, session)
+        return session, self._grid_for_now(session)
 
     def infer(self, request: InferRequest) -> InferResult:
         """Blocks until the request's chunk is ready (see `submit`)."""
@@ -271,10 +430,11 @@ class PolicyEngine:
         started = time.perf_counter()
         try:
             images, state = self.validate(request)
+            frame_index = self.validate_frame_index(request.frame_index)
         except RequestError:
             metrics.REQUESTS.labels("bad_request").inc()
             raise
-        pending = _Pending(request, images, state, started, time.perf_counter())
+        pending = _Pending(request, images, state, frame_index, started, time.perf_counter())
         pending.future.add_done_callback(self._account)
         self._queue.put(pending)
         return pending.future
@@ -331,33 +491,34 @@ class PolicyEngine:
     @torch.no_grad()
     def _run_batch(self, batch: list[_Pending]) -> None:
         with self._lock:
-            ready: list[tuple[_Pending, EngineSession, Tensor, float]] = []
+            ready: list[tuple[_Pending, EngineSession, Grid, Tensor, float]] = []
             for pending in batch:
                 try:
                     pending.started_batch = time.perf_counter()
-                    session = self._prepare(pending)
+                    session, grid = self._prepare(pending)
                     norm = self.state_norm.normalize(pending.state) if self.state_norm else pending.state
-                    ready.append(
-                        (pending, session, pad_last(norm, self.cfg.max_state_dim), time.perf_counter())
-                    )
+                    state = pad_last(norm, self.cfg.max_state_dim)
+                    ready.append((pending, session, grid, state, time.perf_counter()))
                 except Exception as exc:  # noqa: BLE001 - one bad request must not sink the batch
                     pending.future.set_exception(exc)
             if not ready:
                 return
             try:
                 pred = self._predict(
-                    [r[1] for r in ready], [r[0].request.session_id for r in ready], [r[2] for r in ready]
+                    [r[2] for r in ready],
+                    [r[1] for r in ready],
+                    [r[0].request.session_id for r in ready],
+                    [r[3] for r in ready],
                 )
             except Exception as exc:  # noqa: BLE001
                 for pending, *_ in ready:
                     pending.future.set_exception(exc)
                 return
             done = time.perf_counter()
-            for i, (pending, session, _, encoded) in enumerate(ready):
+            for i, (pending, session, _, _, encoded) in enumerate(ready):
                 actions = pred[i, :, : self.spec.action_dim].float().cpu().numpy()
                 if self.action_norm is not None:
                     actions = self.action_norm.denormalize(actions)
-                session.awaiting_observation = True
                 session.chunk_index += 1
                 timing = ServerTiming(
                     validate_ms=(pending.validated - pending.started) * 1000,
@@ -367,6 +528,11 @@ class PolicyEngine:
                     total_ms=(done - pending.started) * 1000,
                     batch_size=len(ready),
                 )
+                if not np.all(np.isfinite(actions)):
+                    pending.future.set_exception(
+                        RuntimeError("policy: the model produced non-finite actions")
+                    )
+                    continue
                 result = InferResult(
                     actions.astype(np.float32),
                     pending.request.session_id,
@@ -378,23 +544,9 @@ class PolicyEngine:
             self.sessions.shrink(keep=ready[-1][0].request.session_id)
             metrics.SESSION_BYTES.set(self.sessions.nbytes())
 
-    def _prepare(self, pending: _Pending) -> EngineSession:
-        """The request's session, with the frames of the chunk it executed written into the cache."""
-        request, images = pending.request, pending.images
-        session = None if request.reset else self.sessions.get(request.session_id)
-        if session is not None and session.instruction != request.instruction:
-            session = None  # a new prompt starts a new session, as in DreamZero
-        if session is not None and session.awaiting_observation:
-            self._observe(session, images)
-            session.awaiting_observation = False
-            if self.sampler.needs_reset(session.sampler):
-                session = None  # context full: restart from the latest real frame
-        if session is None:
-            session = self._start(request, images)
-            self.sessions.put(request.session_id, session)
-        return session
-
-    def _predict(self, sessions: list[EngineSession], ids: list[str], states: list[Tensor]) -> Tensor:
+    def _predict(
+        self, grids: list[Grid], sessions: list[EngineSession], ids: list[str], states: list[Tensor]
+    ) -> Tensor:
         """Denoises every session's next chunk at once; noise seeded by (session, chunk) so a
         request gives the same chunk on any protocol, replica or batch."""
         gens: list[torch.Generator | None] = [
@@ -402,13 +554,13 @@ class PolicyEngine:
             for sid, s in zip(ids, sessions, strict=True)
         ]
         state = torch.stack(states).to(self._device)
-        n = len(sessions)
+        n = len(grids)
         masks = (self._state_mask.expand(n, -1), self._action_mask.expand(n, -1))
         embodiments = [self.embodiment_name] * n
         if n == 1:
-            return self.sampler.predict(sessions[0].sampler, state, *masks, embodiments, gens[0]).actions
+            return self.sampler.predict(grids[0].sampler, state, *masks, embodiments, gens[0]).actions
         return self.sampler.predict_batch(
-            [s.sampler for s in sessions], state, *masks, embodiments, gens
+            [g.sampler for g in grids], state, *masks, embodiments, gens
         ).actions
 
     def close(self) -> None:

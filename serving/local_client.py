@@ -22,9 +22,18 @@ class EnginePolicyClient(PolicyClient):
     def metadata(self) -> PolicyMetadata:
         return self.engine.metadata()
 
-    def infer(self, session_id: str, instruction: str, images: ArrayLike, state: ArrayLike) -> ActionChunk:
+    def infer(
+        self,
+        session_id: str,
+        instruction: str,
+        images: ArrayLike,
+        state: ArrayLike,
+        frame_index: int | None = None,
+    ) -> ActionChunk:
         started = time.perf_counter()
-        result = self.engine.infer(InferRequest(session_id, instruction, images, state))
+        result = self.engine.infer(
+            InferRequest(session_id, instruction, images, state, frame_index=frame_index)
+        )
         return ActionChunk(
             actions=result.actions,
             policy_version=result.policy_version,

@@ -1,7 +1,8 @@
 """The KServe predictor: Open Inference Protocol v2 over the same engine as the websocket.
 
 Inputs (by name): images UINT8 [views,H,W,3] or [T,views,H,W,3], state FP32 [state_dim],
-instruction BYTES [1], session_id BYTES [1], reset BOOL [1] (optional). Output: actions FP32
+instruction BYTES [1], session_id BYTES [1], reset BOOL [1] (optional), frame_index INT64 [1]
+(optional: the video-rate index of the last image in the episode). Output: actions FP32
 [chunk, action_dim]; the response parameters carry the policy version and per-stage timings.
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput
 
@@ -21,6 +23,7 @@ from wamfleet.serving.engine import InferRequest as EngineRequest
 from wamfleet.serving.engine import PolicyEngine, RequestError
 
 log = logging.getLogger(__name__)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_policy(location: str) -> Path:
@@ -46,6 +49,13 @@ def _text(value: Any, name: str) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
+def _integer(value: Any, name: str) -> int:
+    item = np.asarray(value).reshape(-1)
+    if item.size != 1 or item.dtype.kind not in "iu":
+        raise RequestError(f"{name}: expected one INT64 element")
+    return int(item[0])
+
+
 class WAMPredictor(Model):
     def __init__(
         self,
@@ -55,7 +65,8 @@ class WAMPredictor(Model):
         version: str | None = None,
         embodiment: str | None = None,
         device: str = "cpu",
-        max_session_bytes: int = 2 * 1024**3,
+        dtype: str = "fp32",
+        max_session_bytes: int | None = None,
         max_batch: int = 8,
         max_wait_ms: float = 5.0,
     ) -> None:
@@ -66,11 +77,12 @@ class WAMPredictor(Model):
         self.version = version
         self.embodiment = embodiment
         self.device = device
+        self.dtype = DTYPES[dtype]
         self.max_session_bytes = max_session_bytes
         self.engine: PolicyEngine | None = None
 
     def load(self) -> bool:
-        policy = load_policy(resolve_policy(self.location), self.device)
+        policy = load_policy(resolve_policy(self.location), self.device, self.dtype)
         version = self.version or policy.metadata.get("version") or policy.sha256[:12]
         self.engine = PolicyEngine(
             policy,
@@ -116,6 +128,9 @@ class WAMPredictor(Model):
                 images=inputs["images"].as_numpy(),
                 state=inputs["state"].as_numpy(),
                 reset=reset,
+                frame_index=_integer(inputs["frame_index"].as_numpy(), "frame_index")
+                if "frame_index" in inputs
+                else None,
             )
             # The engine batches across callers; await its future, keeping the event loop free.
             result = await asyncio.wrap_future(self.engine.submit(request))

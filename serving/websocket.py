@@ -51,6 +51,7 @@ def _request_from(obs: dict[str, Any]) -> InferRequest:
         images=obs["images"],
         state=obs["state"],
         reset=bool(reset),
+        frame_index=obs.get("frame_index"),
     )
 
 

@@ -68,8 +68,16 @@ def record_expert_episode(
     max_steps: int = 150,
     noise: float = 0.1,
     site: str | None = "sim",
+    frames_after_success: int = 4,
 ) -> EpisodeManifest:
     """One expert episode written to `directory` as a finished bundle."""
     with EpisodeWriter(directory, **expert_writer_kwargs(robot, robot_id, seed, site)) as writer:  # type: ignore[arg-type]
-        outcome = run_expert_episode(robot, writer, seed=seed, max_steps=max_steps, noise=noise)
+        outcome = run_expert_episode(
+            robot,
+            writer,
+            seed=seed,
+            max_steps=max_steps,
+            noise=noise,
+            frames_after_success=frames_after_success,
+        )
         return writer.close(outcome)

@@ -27,6 +27,13 @@ def serve(
         str | None, typer.Option(help="Version reported to robots (default: from the policy).")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    dtype: Annotated[
+        str, typer.Option(help="Weights' precision: fp32, bf16 or fp16 (bf16 on a GPU; sampling stays fp32).")
+    ] = "fp32",
+    max_session_gib: Annotated[
+        float | None,
+        typer.Option(min=0, help="Memory for session caches (default: max-batch sessions of this preset)."),
+    ] = None,
     max_batch: Annotated[int, typer.Option(min=1, help="Sessions denoised together (1: no batching).")] = 8,
     max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a request waits for others.")] = 5.0,
 ) -> None:
@@ -34,7 +41,12 @@ def serve(
     import os
 
     from wamfleet.platform.cli.common import load_settings
-    from wamfleet.serving.predictor import WAMPredictor
+    from wamfleet.serving.predictor import DTYPES, WAMPredictor
+
+    if dtype not in DTYPES:
+        fail(f"--dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        fail(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
 
     if policy.startswith(("models:/", "runs:/")) and "MLFLOW_TRACKING_URI" not in os.environ:
         os.environ["MLFLOW_TRACKING_URI"] = load_settings().effective_mlflow_uri  # the platform's registry
@@ -46,6 +58,8 @@ def serve(
         version=version,
         embodiment=embodiment,
         device=device,
+        dtype=dtype,
+        max_session_bytes=None if max_session_gib is None else int(max_session_gib * 2**30),
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
     )

@@ -6,7 +6,8 @@ published `openpi-client` drives a wamfleet server unchanged. Messages:
 
 - on connect, the server sends `PolicyMetadata`;
 - request: {"endpoint": "infer" | "reset", "session_id": str, "instruction": str,
-  "images": uint8 [views, H, W, 3] or [T, views, H, W, 3], "state": float32 [state_dim]};
+  "images": uint8 [views, H, W, 3] or [T, views, H, W, 3], "state": float32 [state_dim],
+  optional "frame_index": int (the video-rate index of the last image since the episode began)};
 - reply: {"actions": float32 [chunk, action_dim], "policy_version": str, "session_id": str,
   "chunk_index": int, "server_timing": {stage: ms}} or {"error": message} for bad input.
 """

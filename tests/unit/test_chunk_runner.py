@@ -39,6 +39,7 @@ class Request:
     images: NDArray[np.uint8]
     state: NDArray[np.float32]
     started: float
+    frame_index: int | None = None
 
 
 @dataclass
@@ -63,11 +64,20 @@ class ScriptedPolicy(PolicyClient):
             video_frames_per_chunk=VIDEO_FRAMES,
         )
 
-    def infer(self, session_id: str, instruction: str, images: ArrayLike, state: ArrayLike) -> ActionChunk:
+    def infer(
+        self,
+        session_id: str,
+        instruction: str,
+        images: ArrayLike,
+        state: ArrayLike,
+        frame_index: int | None = None,
+    ) -> ActionChunk:
         with self.lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            self.requests.append(Request(np.asarray(images), np.asarray(state), time.monotonic()))
+            self.requests.append(
+                Request(np.asarray(images), np.asarray(state), time.monotonic(), frame_index)
+            )
             reply = self.replies.pop(0) if self.replies else self.default
         try:
             if reply.sleep:
@@ -113,9 +123,10 @@ def runner(policy: ScriptedPolicy, robot: ToyRobot, **kwargs: object) -> ActionC
 def test_refills_before_the_queue_runs_out() -> None:
     policy, robot = ScriptedPolicy([]), ToyRobot()
     stats = runner(policy, robot).run_episode("do it", "s", max_steps=20)
-    # 8 actions per chunk, refill below 4 queued: asks at steps 0, 5 (3 left), then every 5 steps.
-    assert stats.request_steps == [0, 5, 10, 15]
-    assert [int(r.state[0]) for r in policy.requests] == [0, 5, 10, 15]
+    # 8 actions per chunk, refill below 4 queued, on the video lattice (every 2nd step): 3 are
+    # left at step 5, so it asks at step 6, then every 6 steps.
+    assert stats.request_steps == [0, 6, 12, 18]
+    assert [int(r.state[0]) for r in policy.requests] == [0, 6, 12, 18]
     assert stats.safe_actions == 0 and stats.events == []
     assert stats.steps == 20 and stats.chunks == 4
     assert policy.resets == ["s"]
@@ -126,9 +137,9 @@ def test_latest_merge_lets_the_newest_chunk_win() -> None:
     policy = ScriptedPolicy([Reply(1.0), Reply(3.0, latency_s=0.15)], default=Reply(5.0, latency_s=0.15))
     robot = ToyRobot()
     runner(policy, robot, merge="latest").run_episode("do it", "s", max_steps=10)
-    # Asked at step 5 with a 0.15 s latency at 10 Hz: it lands at step 7 (5.0 + 1.5 periods),
-    # so chunk 1 runs steps 0..6 and chunk 2 (for steps 5..12) takes over from step 7.
-    assert robot.first_values() == [1.0] * 7 + [3.0] * 3
+    # Asked at step 6 with a 0.15 s latency at 10 Hz: it lands at step 8 (6.0 + 1.5 periods),
+    # so chunk 1 runs steps 0..7 and chunk 2 (for steps 6..13) takes over from step 8.
+    assert robot.first_values() == [1.0] * 8 + [3.0] * 2
 
 
 def test_weighted_merge_averages_overlapping_proposals() -> None:
@@ -138,23 +149,22 @@ def test_weighted_merge_averages_overlapping_proposals() -> None:
         [Reply(1.0), Reply(per_step, latency_s=0.05)], default=Reply(7.0, latency_s=100.0)
     )
     robot = ToyRobot()
-    runner(policy, robot, merge="weighted", decay=decay).run_episode("do it", "s", max_steps=14)
+    runner(policy, robot, merge="weighted", decay=decay).run_episode("do it", "s", max_steps=15)
     values = robot.first_values()
-    assert values[:6] == [1.0] * 6  # chunk 2 (observation at step 5) lands at step 6
-    # Steps 6, 7: both chunks propose; chunk 2's proposal for step s is 10 * (s - 5).
-    assert values[6] == pytest.approx((0.5 * 1.0 + 1.0 * 10.0) / 1.5)
-    assert values[7] == pytest.approx((0.5 * 1.0 + 1.0 * 20.0) / 1.5)
-    # Steps 8..12: only chunk 2 covers them; step 13: nothing (the third request is still out).
-    assert values[8:13] == [30.0, 40.0, 50.0, 60.0, 70.0]
-    assert values[13] == 0.0
+    assert values[:7] == [1.0] * 7  # chunk 2 (observation at step 6) lands at step 7
+    # Step 7: both chunks propose; chunk 2's proposal for step s is 10 * (s - 6).
+    assert values[7] == pytest.approx((0.5 * 1.0 + 1.0 * 10.0) / 1.5)
+    # Steps 8..13: only chunk 2 covers them; step 14: nothing (the third request is still out).
+    assert values[8:14] == [20.0, 30.0, 40.0, 50.0, 60.0, 70.0]
+    assert values[14] == 0.0
 
 
 def test_latest_merge_on_the_same_overlap() -> None:
     per_step = [10.0 * i for i in range(A)]
     policy = ScriptedPolicy([Reply(1.0), Reply(per_step)], default=Reply(7.0, latency_s=100.0))
     robot = ToyRobot()
-    runner(policy, robot, merge="latest").run_episode("do it", "s", max_steps=13)
-    assert robot.first_values() == [1.0] * 6 + [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0]
+    runner(policy, robot, merge="latest").run_episode("do it", "s", max_steps=14)
+    assert robot.first_values() == [1.0] * 7 + [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0]
 
 
 def test_timeout_holds_the_safe_action_and_reports_it() -> None:
@@ -189,10 +199,21 @@ def test_an_error_before_any_chunk_gives_a_configured_safe_action() -> None:
 def test_frames_are_subsampled_to_the_video_rate_and_sent_with_the_next_request() -> None:
     policy, robot = ScriptedPolicy([]), ToyRobot()
     runner(policy, robot).run_episode("do it", "s", max_steps=16)
-    # One frame every 8 / 4 = 2 steps since the last request, the current frame last.
+    # One frame every 8 / 4 = 2 steps from the episode's first, the current frame last, with
+    # the video-rate index of the last one: real frames at the time they were seen, no repeats.
     sent = [[int(frame[0, 0, 0, 0]) for frame in r.images] for r in policy.requests]
-    assert sent == [[0], [2, 4, 5], [7, 9, 10], [12, 14, 15]]
+    assert sent == [[0], [2, 4, 6], [8, 10, 12]]
+    assert [r.frame_index for r in policy.requests] == [0, 3, 6]
     assert all(r.images.shape[1:] == (1, 4, 4, 3) for r in policy.requests)
+
+
+def test_frames_of_a_failed_request_are_sent_again_with_the_next() -> None:
+    error = Reply(raises=PolicyError("server busy"))
+    policy, robot = ScriptedPolicy([Reply(1.0), error]), ToyRobot()
+    runner(policy, robot, retry_interval_s=0.0).run_episode("do it", "s", max_steps=9)
+    sent = [[int(frame[0, 0, 0, 0]) for frame in r.images] for r in policy.requests]
+    assert sent[:3] == [[0], [2, 4, 6], [2, 4, 6, 8]]  # the server drops what it already has
+    assert [r.frame_index for r in policy.requests][:3] == [0, 3, 4]
 
 
 def test_simulated_clock_control_rate_is_steps_over_simulated_time() -> None:
@@ -224,7 +245,7 @@ def test_never_a_second_request_while_one_is_in_flight(realtime: bool) -> None:
     ).run_episode("do it", "s", max_steps=30)
     assert policy.max_in_flight == 1
     # After the warm start (awaited before step 0), each request waited for the previous reply.
-    assert stats.request_steps[:2] == [0, 1]
+    assert stats.request_steps[:2] == [0, 2]  # the next video frame after the warm start
     assert np.all(np.diff(stats.request_steps[1:]) >= 3), stats.request_steps
     starts = [r.started for r in policy.requests]
     assert all(b - a >= 0.06 - 1e-3 for a, b in itertools.pairwise(starts))

@@ -83,3 +83,13 @@ def test_demo_rejects_unknown_tasks(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "--data-dir", str(tmp_path / "d"), "--tasks", "fly-to-mars-v3"])
     assert result.exit_code == 2
     assert "fly-to-mars-v3" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--dtype", "fp8"], "--dtype: expected one of"), (["--device", "tpu"], "--device: expected cpu")],
+)
+def test_serve_names_a_bad_precision_or_device(tmp_path: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["serve", "--policy", str(tmp_path / "p"), *args])
+    assert result.exit_code == 2
+    assert message in result.output

@@ -8,7 +8,14 @@ import torch
 
 from tests.unit.serving.policy_support import tiny_policy
 from wamfleet.model.policy import load_policy
-from wamfleet.serving.engine import InferRequest, InferResult, PolicyEngine, RequestError
+from wamfleet.serving.engine import (
+    CacheWrite,
+    InferRequest,
+    InferResult,
+    PolicyEngine,
+    RequestError,
+    session_bytes,
+)
 
 torch.set_num_threads(1)
 
@@ -42,8 +49,42 @@ def test_chunks_advance_within_a_session_and_observe_real_frames(engine: PolicyE
     second = engine.infer(request("a", frames=4))
     assert second.chunk_index == 2
     session = engine.sessions.get("a")
-    assert session is not None and session.sampler.chunks_done == 1  # the executed chunk went into the cache
+    assert session is not None
+    assert session.grids[0].sampler.chunks_done == 1  # the executed chunk went into the cache
+    assert list(session.writes) == [CacheWrite(grid_start=0, chunk=1, frames=(1, 2, 3, 4))]
     assert second.timing.total_ms >= second.timing.denoise_ms > 0
+
+
+def test_early_requests_keep_real_frames_at_their_real_times(engine: PolicyEngine) -> None:
+    """Half a chunk per request (2 of 4 frames): no padding, no time squeeze. Each request is a
+    chunk boundary of one of two caches (phases 0 and 2), written only with whole real chunks."""
+    for _ in range(5):
+        engine.infer(request("early", frames=2))
+    session = engine.sessions.get("early")
+    assert session is not None and session.now == 8
+    assert sorted(session.grids) == [0, 2]
+    assert [g.start for _, g in sorted(session.grids.items())] == [0, 2]
+    assert list(session.writes) == [
+        CacheWrite(grid_start=0, chunk=1, frames=(1, 2, 3, 4)),
+        CacheWrite(grid_start=2, chunk=1, frames=(3, 4, 5, 6)),
+        CacheWrite(grid_start=0, chunk=2, frames=(5, 6, 7, 8)),
+    ]
+
+
+def test_frame_index_places_frames_dedupes_resends_and_restarts_after_a_gap(engine: PolicyEngine) -> None:
+    engine.infer(request("idx", frame_index=10))
+    engine.infer(request("idx", frames=4, frame_index=14))
+    engine.infer(request("idx", frames=4, frame_index=14))  # a resend: nothing new is written
+    session = engine.sessions.get("idx")
+    assert session is not None
+    assert list(session.writes) == [CacheWrite(grid_start=10, chunk=1, frames=(11, 12, 13, 14))]
+    engine.infer(request("idx", frames=2, frame_index=20))  # frames 15..18 never arrived
+    assert session.grids[20 % 4].start == 20 and session.grids[20 % 4].sampler.chunks_done == 0
+    assert len(session.writes) == 1  # nothing was padded over the gap
+    with pytest.raises(RequestError, match="frame_index: 19 is before"):
+        engine.infer(request("idx", frame_index=19))
+    with pytest.raises(RequestError, match="frame_index: expected a non-negative integer"):
+        engine.infer(request("idx", frame_index="20"))
 
 
 def test_reset_and_new_instruction_start_over(engine: PolicyEngine) -> None:
@@ -68,18 +109,38 @@ def test_memory_budget_evicts_least_recently_used(tmp_path: Path) -> None:
     assert engine.sessions.evictions == 2
 
 
+def test_default_budget_fits_max_batch_sessions_of_this_preset(tmp_path: Path) -> None:
+    engine = PolicyEngine(load_policy(tiny_policy(tmp_path / "p")), version="v", max_batch=3)
+    one = session_bytes(engine.cfg, torch.float32)
+    assert engine.sessions.max_bytes == 3 * one
+    for _ in range(3):  # a session at its largest (two phases, full caches) stays within its size
+        for _ in range(engine.cfg.cache_chunks * 2):
+            engine.infer(request("full", frames=2))
+    session = engine.sessions.get("full")
+    assert session is not None and len(session.grids) == 2
+    frames = sum(f.nbytes for f in session.frames.values())
+    assert session.nbytes() - frames <= one
+
+
 def test_ttl_expires_idle_sessions(tmp_path: Path) -> None:
     engine = PolicyEngine(load_policy(tiny_policy(tmp_path / "p")), version="v", session_ttl_s=0.0)
     engine.infer(request("old"))
     assert engine.sessions.get("old") is None
 
 
-def test_cache_full_restarts_from_the_latest_frame(tmp_path: Path) -> None:
+def test_cache_restarts_from_the_latest_frame_at_the_trained_context(tmp_path: Path) -> None:
     engine = PolicyEngine(load_policy(tiny_policy(tmp_path / "p")), version="v")
-    limit = engine.cfg.max_cache_chunks
-    indexes = [engine.infer(request("long", frames=4)).chunk_index for _ in range(limit + 2)]
-    # Chunk `limit` is predicted from limit-1 cached chunks; observing it fills the cache.
-    assert indexes == [*range(1, limit + 1), 1, 2]
+    limit = engine.cfg.cache_chunks
+    assert limit == engine.cfg.context_chunks == 4
+    for _ in range(limit + 2):
+        engine.infer(request("long", frames=4))
+    session = engine.sessions.get("long")
+    assert session is not None
+    grid = session.grids[0]
+    # Chunk `limit` is predicted from limit-1 cached chunks; after observing it the cache holds
+    # the whole trained context, so the next request starts again from its own frame.
+    assert [w.chunk for w in session.writes] == [*range(1, limit + 1), 1]
+    assert grid.start == 4 * (limit + 1) - 4 + 0 and grid.sampler.chunks_done == 1
 
 
 @pytest.mark.parametrize(
@@ -133,3 +194,11 @@ def test_concurrent_sessions_are_batched_and_each_caller_gets_its_own_result(tmp
             np.testing.assert_allclose(result.actions, alone.actions, atol=1e-4)
     finally:
         batched.close()
+
+
+def test_a_client_sending_one_frame_per_request_keeps_at_most_two_caches(engine: PolicyEngine) -> None:
+    for _ in range(9):
+        engine.infer(request("single"))
+    session = engine.sessions.get("single")
+    assert session is not None and len(session.grids) == 2
+    assert list(session.writes) == []  # no chunk of real video ever arrived: nothing to write
