@@ -180,6 +180,10 @@ def _write_shard(windows: list[WindowSample], tasks: list[str], embodiments: lis
         "task": torch.tensor([tasks.index(w.task) for w in windows]),
         "embodiment": torch.tensor([embodiments.index(w.embodiment) for w in windows]),
     }
+    for name in ("first_frame_channels", "image"):  # Wan I2V conditioning, when the model has it
+        values = [getattr(w, name) for w in windows]
+        if all(v is not None for v in values):
+            tensors[name] = torch.stack(values).contiguous()
     save_file(tensors, str(path))
 
 
@@ -330,6 +334,8 @@ class ShardData:
             text=self.text[task],
             text_mask=self.text_mask[task],
             embodiments=[names[int(i)] for i in t["embodiment"][rows]],
+            first_frame_channels=t["first_frame_channels"][rows] if "first_frame_channels" in t else None,
+            image=t["image"][rows] if "image" in t else None,
         )
 
 

@@ -33,6 +33,9 @@ class WindowSample:
     has_actions: bool
     task: str
     embodiment: str
+    # Wan I2V only: the conditioning frame's channels (mask + C, 1 + K * Fc, h, w) and CLIP tokens.
+    first_frame_channels: Tensor | None = None
+    image: Tensor | None = None
 
 
 def window_starts(num_frames: int, cfg: WAMConfig, chunks: int | None = None) -> list[int]:
@@ -71,6 +74,10 @@ def episode_windows(
         idx = [s] + [s + stride * (j + 1) for j in range(k * cfg.video_frames_per_chunk)]
         with torch.no_grad():
             cond, chunk_latents = codec.encode_window(torch.from_numpy(video[idx])[None])
+            image = channels = None
+            if cfg.image_conditioning is not None:
+                frame = torch.from_numpy(video[s])[None]
+                image, channels = codec.first_frame_conditioning(frame, 1 + k * cfg.latent_frames_per_chunk)
         state_rows = states[[s + c * a for c in range(k)]]
         state_t = pad_last(state_norm.normalize(state_rows) if state_norm else state_rows, cfg.max_state_dim)
         if actions is not None:
@@ -90,6 +97,8 @@ def episode_windows(
                 has_actions=actions is not None,
                 task=reader.manifest.task,
                 embodiment=embodiment,
+                first_frame_channels=None if channels is None else channels[0],
+                image=None if image is None else image[0],
             )
         )
     return samples
@@ -110,4 +119,15 @@ def collate(samples: list[WindowSample], text: TextEncoder, cfg: WAMConfig) -> W
         text=emb[:b],
         text_mask=mask[:b],
         embodiments=[s.embodiment for s in samples],
+        first_frame_channels=_stack_optional([s.first_frame_channels for s in samples]),
+        image=_stack_optional([s.image for s in samples]),
     )
+
+
+def _stack_optional(items: list[Tensor | None]) -> Tensor | None:
+    present = [t for t in items if t is not None]
+    if not present:
+        return None
+    if len(present) != len(items):
+        raise ValueError("windows: I2V conditioning is missing from some windows")
+    return torch.stack(present)
