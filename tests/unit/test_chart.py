@@ -341,7 +341,13 @@ def test_initial_inference_service_is_the_one_the_platform_would_render() -> Non
     assert container["image"] == "ghcr.io/wamfleet/wamfleet-serving:0.1.0"
     args = container["args"]
     assert args[:3] == ["serve", "--policy", "models:/wamfleet-policy/1"]
-    for flag, value in [("--port", "8080"), ("--version", "wamfleet-policy/1"), ("--device", "cuda")]:
+    expected = [
+        ("--port", "8080"),
+        ("--version", "wamfleet-policy/1"),
+        ("--device", "cuda"),
+        ("--dtype", "bf16"),
+    ]
+    for flag, value in expected:
         assert args[args.index(flag) + 1] == value
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/models/wam/ready"

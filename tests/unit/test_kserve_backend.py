@@ -154,6 +154,7 @@ def test_gpus_node_selector_and_tolerations_land_where_kserve_reads_them() -> No
     for flag, value in [("--port", "8080"), ("--host", "0.0.0.0"), ("--version", "wamfleet-policy/7")]:
         assert args[args.index(flag) + 1] == value
     assert args[args.index("--device") + 1] == "cuda"
+    assert args[args.index("--dtype") + 1] == "bf16"  # the GPU path runs in bf16
     (tracking,) = [e for e in container["env"] if e["name"] == "MLFLOW_TRACKING_URI"]
     assert tracking == {
         "name": "MLFLOW_TRACKING_URI",
@@ -169,7 +170,8 @@ def test_default_tolerations_follow_the_gpu_request() -> None:
     cpu = render_inference_service(cpu_template, "1")["spec"]["predictor"]
     assert "tolerations" not in cpu
     assert "nvidia.com/gpu" not in cpu["containers"][0]["resources"]["limits"]
-    assert cpu["containers"][0]["args"][-1] == "cpu"
+    args = cpu["containers"][0]["args"]
+    assert args[args.index("--device") + 1] == "cpu" and args[args.index("--dtype") + 1] == "fp32"
 
 
 def test_a_storage_uri_goes_through_the_storage_initializer() -> None:

@@ -150,7 +150,8 @@ def render_inference_service(template: KServeTemplate, version: str) -> dict[str
     args = ["serve", "--policy", storage_uri if from_registry else MODEL_DIR]
     args += ["--host", "0.0.0.0", "--port", str(PORT), "--name", SERVED_NAME]
     args += ["--version", version_label(template.model_name, version)]
-    args += ["--device", "cuda" if resources.gpus > 0 else "cpu", *template.serve_args]
+    gpu = resources.gpus > 0
+    args += ["--device", "cuda" if gpu else "cpu", "--dtype", "bf16" if gpu else "fp32", *template.serve_args]
     env: list[dict[str, Any]] = []
     if from_registry:
         secret_ref = {"name": template.mlflow_secret, "key": template.mlflow_secret_key}
