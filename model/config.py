@@ -300,6 +300,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "actions_per_chunk": 8,
         "video_frames_per_chunk": 4,
         "inference_steps": 4,
+        # Euler: on this CPU preset UniPC gave the same action error (benchmarks/sampling.py) and
+        # its scheduler costs more than a tiny DiT call.
+        "solver": "euler",
     },
     # One GPU: ~40M parameters, 2 cameras at 128x128 tiled to 128x256 (1x2), DreamZero chunking.
     "small": {

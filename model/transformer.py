@@ -17,6 +17,7 @@ action/state encoders and action decoders, and a learned position inside an acti
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -98,6 +99,19 @@ class TokenMeta:
 
 def video_meta(frames: int, h: int, w: int, first_frame: int, kind: Kind, chunk: Tensor | int) -> TokenMeta:
     """Tokens of `frames` latent frames of h x w patches; `chunk` per frame or one for all."""
+    if isinstance(chunk, int):  # the common case, asked for at every denoising step: built once
+        return _video_meta(frames, h, w, first_frame, int(kind), chunk)
+    return _build_video_meta(frames, h, w, first_frame, kind, chunk)
+
+
+@functools.lru_cache(maxsize=256)
+def _video_meta(frames: int, h: int, w: int, first_frame: int, kind: int, chunk: int) -> TokenMeta:
+    return _build_video_meta(frames, h, w, first_frame, Kind(kind), chunk)
+
+
+def _build_video_meta(
+    frames: int, h: int, w: int, first_frame: int, kind: Kind, chunk: Tensor | int
+) -> TokenMeta:
     grid = torch.stack(
         torch.meshgrid(
             torch.arange(first_frame, first_frame + frames), torch.arange(h), torch.arange(w), indexing="ij"
@@ -233,9 +247,21 @@ class RotaryEmbedding(nn.Module):
             sin.append(s)
         self.register_buffer("freqs_cos", torch.cat(cos, dim=1).float(), persistent=False)
         self.register_buffer("freqs_sin", torch.cat(sin, dim=1).float(), persistent=False)
+        self._last: tuple[Tensor, tuple[Tensor, Tensor]] | None = None
 
     def forward(self, pos: Tensor) -> tuple[Tensor, Tensor]:
-        """(L, 3) or (B, L, 3) positions -> cos, sin shaped (1 or B, L, 1, head_dim)."""
+        """(L, 3) or (B, L, 3) positions -> cos, sin shaped (1 or B, L, 1, head_dim).
+
+        The last lookup is kept: a chunk's denoising steps ask for the same positions each time.
+        """
+        last = self._last
+        if last is not None and last[0] is pos:
+            return last[1]
+        out = self._lookup(pos)
+        self._last = (pos, out)
+        return out
+
+    def _lookup(self, pos: Tensor) -> tuple[Tensor, Tensor]:
         parts_cos = self.freqs_cos.split(self.split, dim=1)
         parts_sin = self.freqs_sin.split(self.split, dim=1)
         cos = torch.cat([parts_cos[i][pos[..., i]] for i in range(3)], dim=-1)
@@ -531,11 +557,13 @@ class WorldActionModel(nn.Module):
     def timestep_embedding(self, timesteps: Tensor) -> tuple[Tensor, Tensor]:
         """(B, L) timesteps in [0, 1000] -> temb (B, L, D) and its 6-way projection (B, L, 6, D)."""
         ce = self.condition_embedder
-        b, n = timesteps.shape
-        freq = ce.timesteps_proj(timesteps.flatten()).unflatten(0, (b, n))
+        # A sequence holds a handful of distinct noise levels: embed each once, then gather.
+        values, inverse = torch.unique(timesteps, return_inverse=True)
+        freq = ce.timesteps_proj(values)
         dtype = next(ce.time_embedder.parameters()).dtype
         temb = ce.time_embedder(freq.to(dtype))
-        return temb, ce.time_proj(ce.act_fn(temb)).unflatten(2, (6, -1))
+        proj = ce.time_proj(ce.act_fn(temb)).unflatten(1, (6, -1))
+        return temb[inverse], proj[inverse]
 
     def video_tokens(
         self,
