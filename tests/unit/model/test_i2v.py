@@ -11,7 +11,7 @@ import torch
 from tests.unit.model.wam_support import EMBODIMENTS, masks, synthetic_batch
 from wamfleet.fleet_agent.sim.metaworld_robot import sawyer_embodiment
 from wamfleet.model.config import WAMConfig
-from wamfleet.model.objective import check_batch, flow_matching_loss
+from wamfleet.model.objective import WAMBatch, check_batch, flow_matching_loss
 from wamfleet.model.policy import load_policy, save_policy
 from wamfleet.model.sampler import ChunkSampler
 from wamfleet.model.transformer import WorldActionModel
@@ -50,7 +50,7 @@ def test_the_codec_builds_wan_first_frame_channels_and_clip_tokens() -> None:
     torch.testing.assert_close(channels[:, 2:, :1], codec.encode(frames(0)), rtol=0, atol=1e-5)
 
 
-def i2v_batch(cfg: WAMConfig, codec: VideoCodec, chunks: int = 2):  # type: ignore[no-untyped-def]
+def i2v_batch(cfg: WAMConfig, codec: VideoCodec, chunks: int = 2) -> WAMBatch:
     batch = synthetic_batch(cfg, batch=1, chunks=chunks)
     batch.image, batch.first_frame_channels = codec.first_frame_conditioning(
         frames(1)[:, 0], 1 + chunks * cfg.latent_frames_per_chunk
