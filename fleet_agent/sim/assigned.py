@@ -63,7 +63,7 @@ def _robot_main(plan: AssignedRobotPlan, spool_root: str, out: Any) -> None:
     from wamfleet.fleet_agent.client import PlatformClient
     from wamfleet.fleet_agent.policy_client import PolicyClient, open_policy_client
     from wamfleet.fleet_agent.shadow import ShadowedClient
-    from wamfleet.fleet_agent.sim.drive import drive_episode, policy_cameras
+    from wamfleet.fleet_agent.sim.drive import drive_episode, policy_cameras, reachable_metadata
     from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot
     from wamfleet.fleet_agent.spool import Spool
     from wamfleet.fleet_agent.uploader import Uploader
@@ -91,8 +91,10 @@ def _robot_main(plan: AssignedRobotPlan, spool_root: str, out: Any) -> None:
             primary = client_for(assignment.endpoint)
             task = plan.tasks[done % len(plan.tasks)]
             if task not in robots:
+                # An endpoint stopped between the assignment and now (a rollback) must not crash the
+                # robot: it drives the episode holding safe actions and uploads it as a failure.
                 robots[task] = MetaWorldRobot(
-                    task, image_size=plan.image_size, cameras=policy_cameras(primary.metadata())
+                    task, image_size=plan.image_size, cameras=policy_cameras(reachable_metadata(primary))
                 )
             mirror = None
             if assignment.shadow is not None:

@@ -86,7 +86,7 @@ class PolicyDrivenArm:
         return Outcome(success=self.success_at is not None, progress=self.progress)
 
 
-def _metadata(client: PolicyClient) -> PolicyMetadata | None:
+def reachable_metadata(client: PolicyClient) -> PolicyMetadata | None:
     try:
         return client.metadata()
     except PolicyError as exc:  # unreachable now, or REST (known after the first reply)
@@ -149,7 +149,7 @@ def drive_episode(
     the evidence a staged rollout gates on; `end_tags` adds more (a shadow's comparison). With an
     `assigned_version` (a rollout's assignment) an episode is kept even if that version never
     answered: a policy that only fails is exactly what the rollout must hear about."""
-    meta = _metadata(client)
+    meta = reachable_metadata(client)
     instruction = instruction_for(robot.task)
     writer = spool.start_recording(
         robot_id=robot_id,
@@ -200,7 +200,9 @@ def drive(
     results = []
     client = open_policy_client(endpoint, api_key=api_key, timeout_s=timeout_s)
     try:
-        robot = MetaWorldRobot(task, image_size=image_size, cameras=policy_cameras(_metadata(client)))
+        robot = MetaWorldRobot(
+            task, image_size=image_size, cameras=policy_cameras(reachable_metadata(client))
+        )
         try:
             for episode in range(episodes):
                 layout = layout_seed(seed, f"{robot_id}/autonomous/{task}", episode)
@@ -271,7 +273,7 @@ def evaluate_closed_loop(
         else endpoint
     )
     try:
-        cameras = policy_cameras(_metadata(client))
+        cameras = policy_cameras(reachable_metadata(client))
         for task in tasks:
             robot = MetaWorldRobot(task, image_size=image_size, cameras=cameras)
             try:

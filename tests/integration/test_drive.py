@@ -193,3 +193,14 @@ def test_drive_against_a_silent_server_records_nothing_and_returns(black_hole: s
     assert len(results) == 1 and results[0].episode_id is None
     assert results[0].stats.safe_actions == 10
     assert Spool(tmp_path).counts() == {"recording": 0, "ready": 0, "uploaded": 0, "rejected": 0}
+
+
+def test_a_robot_assigned_a_stopped_endpoint_picks_its_cameras_without_crashing() -> None:
+    """A rollback can stop a server between a robot's assignment and its first connect; the
+    robot process used to die on the metadata call (seen in the rollback e2e)."""
+    from wamfleet.fleet_agent.sim.drive import policy_cameras, reachable_metadata
+    from wamfleet.fleet_agent.sim.metaworld_robot import DEFAULT_CAMERAS
+
+    with open_policy_client(f"ws://127.0.0.1:{free_port('127.0.0.1')}", timeout_s=2.0) as client:
+        assert reachable_metadata(client) is None
+        assert policy_cameras(reachable_metadata(client)) == DEFAULT_CAMERAS
