@@ -57,6 +57,10 @@ class RequestError(ValueError):
     """Bad input from a client; the message names the input."""
 
 
+class NonFiniteActions(RuntimeError):
+    """The model produced NaN or infinite actions: answered as an error, never sent to a robot."""
+
+
 @dataclass
 class InferRequest:
     session_id: str
@@ -530,7 +534,7 @@ class PolicyEngine:
                 )
                 if not np.all(np.isfinite(actions)):
                     pending.future.set_exception(
-                        RuntimeError("policy: the model produced non-finite actions")
+                        NonFiniteActions("policy: the model produced non-finite actions")
                     )
                     continue
                 result = InferResult(

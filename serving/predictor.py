@@ -20,7 +20,7 @@ from kserve.errors import InvalidInput
 
 from wamfleet.model.policy import load_policy
 from wamfleet.serving.engine import InferRequest as EngineRequest
-from wamfleet.serving.engine import PolicyEngine, RequestError
+from wamfleet.serving.engine import NonFiniteActions, PolicyEngine, RequestError
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -107,7 +107,12 @@ class WAMPredictor(Model):
         meta = self.engine.metadata()
         images = np.zeros((len(meta.cameras), 64, 64, 3), np.uint8)
         state = np.zeros(meta.state_dim, np.float32)
-        self.engine.infer(EngineRequest("__warmup__", "warm up", images, state))
+        try:
+            self.engine.infer(EngineRequest("__warmup__", "warm up", images, state))
+        except NonFiniteActions:
+            # The server still comes up: robots get an error for every chunk (never the NaNs),
+            # and a rollout's guardrails roll such a version back on their evidence.
+            log.warning("warm-up: the policy produced non-finite actions; every request will fail")
         self.engine.reset("__warmup__")
 
     async def predict(

@@ -202,3 +202,29 @@ def test_a_client_sending_one_frame_per_request_keeps_at_most_two_caches(engine:
     session = engine.sessions.get("single")
     assert session is not None and len(session.grids) == 2
     assert list(session.writes) == []  # no chunk of real video ever arrived: nothing to write
+
+
+def test_non_finite_actions_are_an_error_and_the_server_still_comes_up(tmp_path: Path) -> None:
+    """A NaN action head: never a NaN to the robot, and the predictor still loads (its warm-up
+    used to fail on it, so a rollout of such a version could never reach its guardrails)."""
+    from wamfleet.model.policy import save_policy
+    from wamfleet.serving.engine import NonFiniteActions
+    from wamfleet.serving.predictor import WAMPredictor
+
+    policy = load_policy(tiny_policy(tmp_path / "p"))
+    with torch.no_grad():
+        for name, param in policy.model.named_parameters():
+            if name.startswith("action_decoders."):
+                param.fill_(float("nan"))
+    save_policy(tmp_path / "nan", policy.model, policy.codec, embodiments=policy.embodiments)
+    engine = PolicyEngine(load_policy(tmp_path / "nan"), version="v")
+    try:
+        with pytest.raises(NonFiniteActions, match="non-finite actions"):
+            engine.infer(request("nan"))
+    finally:
+        engine.close()
+    predictor = WAMPredictor("wam", str(tmp_path / "nan"))
+    try:
+        assert predictor.load() and predictor.ready
+    finally:
+        predictor.stop()
