@@ -4,12 +4,14 @@ Builds N episodes in a temporary local object store (Meta-World scripted-expert 
 --tasks, a new layout each; or, with --synthetic, a blob moving over a gradient), then curates
 the snapshot with workers=0 (the one-worker baseline: download, decode, filter, embed one
 episode after another in this process) and with Ray Data on a local Ray (`--workers` tasks of
-one CPU each). Ray start-up is timed apart; the Ray run is repeated once warm (workers already
-started and imported), which is what a long-lived cluster sees. Both runs must give the same
-dataset. Episodes are recorded before any timing starts.
+one CPU each). Ray start-up is timed apart, and so are both sides' first runs (cold caches,
+imports, Ray workers starting). The headline compares warm runs only, alternated (sequential,
+Ray, sequential, Ray, ...) so both see the same page cache and the same load on a shared
+machine, medians of --repeats. Every run must give the same dataset. Episodes are recorded
+before any timing starts.
 
     python benchmarks/curation.py [--episodes 24] [--size 96] [--max-steps 150] [--workers 2]
-                                  [--synthetic]
+                                  [--repeats 3] [--synthetic]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -141,6 +144,7 @@ def main() -> None:
     parser.add_argument("--tasks", default="reach-v3,push-v3,drawer-open-v3,door-open-v3")
     parser.add_argument("--workers", type=int, default=2, help="Ray Data tasks at once (one CPU each)")
     parser.add_argument("--synthetic", action="store_true", help="blob episodes instead of Meta-World")
+    parser.add_argument("--repeats", type=int, default=3, help="warm runs per side, alternated (median)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="wamfleet-bench-curation-") as tmp:
@@ -160,13 +164,20 @@ def main() -> None:
         recipe = CurationRecipe()
         n = len(directories)
 
-        baseline, seq_s = timed(lambda: curate(snapshot, ok, settings, recipe, workers=0))
+        baseline, seq_cold_s = timed(lambda: curate(snapshot, ok, settings, recipe, workers=0))
         start = time.perf_counter()
         ensure_ray(None, num_cpus=args.workers)
         init_s = time.perf_counter() - start
         cold, cold_s = timed(lambda: curate(snapshot, ok, settings, recipe, workers=args.workers))
-        warm, warm_s = timed(lambda: curate(snapshot, ok, settings, recipe, workers=args.workers))
-        assert cold == baseline and warm == baseline, "Ray Data and the sequential run disagree"
+        seq_runs, ray_runs = [], []
+        for _ in range(max(1, args.repeats)):  # alternated: both sides warm, under the same load
+            seq, seconds = timed(lambda: curate(snapshot, ok, settings, recipe, workers=0))
+            seq_runs.append(seconds)
+            warm, warm_seconds = timed(lambda: curate(snapshot, ok, settings, recipe, workers=args.workers))
+            ray_runs.append(warm_seconds)
+            assert seq == baseline and warm == baseline, "Ray Data and the sequential run disagree"
+        assert cold == baseline, "Ray Data and the sequential run disagree"
+        seq_s, warm_s = statistics.median(seq_runs), statistics.median(ray_runs)
 
     kind = "synthetic blob" if args.synthetic else "Meta-World expert"
     print(
@@ -179,16 +190,16 @@ def main() -> None:
         f"near-duplicates {report.duplicates_removed}, frames kept {report.frames_kept}"
     )
     print(
-        f"one worker (in-process): {seq_s:.2f} s, {n / seq_s:.2f} episodes/s, {frames / seq_s:.0f} frames/s"
-    )
-    print(f"ray init (local, {args.workers} CPUs): {init_s:.2f} s (not in the figures below)")
-    print(
-        f"ray data, {args.workers} workers, first run: {cold_s:.2f} s, {n / cold_s:.2f} episodes/s, "
-        f"{seq_s / cold_s:.2f}x one worker"
+        f"first runs (cold caches, not compared): one worker {seq_cold_s:.2f} s; ray init "
+        f"({args.workers} CPUs) {init_s:.2f} s, then ray data {cold_s:.2f} s ({seq_cold_s / cold_s:.2f}x)"
     )
     print(
-        f"ray data, {args.workers} workers, warm: {warm_s:.2f} s, {n / warm_s:.2f} episodes/s, "
-        f"{seq_s / warm_s:.2f}x one worker"
+        f"warm, alternated, median of {len(seq_runs)}: one worker (in-process) {seq_s:.2f} s, "
+        f"{n / seq_s:.2f} episodes/s, {frames / seq_s:.0f} frames/s"
+    )
+    print(
+        f"warm, alternated, median of {len(ray_runs)}: ray data, {args.workers} workers {warm_s:.2f} s, "
+        f"{n / warm_s:.2f} episodes/s: {seq_s / warm_s:.2f}x one worker"
     )
 
 
