@@ -6,7 +6,7 @@ robot per process (`run_sim_fleet`, no platform): `FleetMode.diverse` (tasks rot
 each on 2 fixed layouts; with 4 tasks, the first task only). Trains one policy on each with
 identical settings (`train_policy`: same preset, seed, steps, batch and learning rate), then
 drives both in closed loop (in-process serving engine) on the same held-out layouts
-(EVAL_SEED_OFFSET: layouts no data collection uses) of every task in --tasks.
+(eval_layout_seed: odd seeds, which no data collection uses) of every task in --tasks.
 
 Figures: episodes, frames, training windows and distinct (task, layout) pairs per dataset, and
 per task and overall for each policy the success rate and mean progress (the best fraction of

@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from wamfleet.fleet_agent.chunk_runner import ActionChunkRunner, EpisodeRunStats, Merge, RunFigures
 from wamfleet.fleet_agent.episode_io import EpisodeWriter
 from wamfleet.fleet_agent.policy_client import PolicyClient, PolicyError, open_policy_client
-from wamfleet.fleet_agent.sim.fleet import layout_seed
+from wamfleet.fleet_agent.sim.fleet import eval_layout_seed, layout_seed
 from wamfleet.fleet_agent.sim.metaworld_robot import CAMERAS, DEFAULT_CAMERAS, MetaWorldRobot, StepResult
 from wamfleet.fleet_agent.sim.tasks import instruction_for
 from wamfleet.fleet_agent.spool import Spool
@@ -32,7 +32,6 @@ from wamfleet.platform.contracts.rollout import TAG_ERRORS, TAG_LATENCY_P95_MS, 
 
 log = logging.getLogger(__name__)
 
-EVAL_SEED_OFFSET = 10_000  # evaluation layouts come from a seed no data collection uses
 # The writer checks the manifest's fields when a recording starts, and an autonomous episode
 # must name its policy; the real version (of the chunks that ran) replaces this at `finish`.
 PENDING_VERSION = "pending"
@@ -278,7 +277,7 @@ def evaluate_closed_loop(
             robot = MetaWorldRobot(task, image_size=image_size, cameras=cameras)
             try:
                 for episode in range(episodes):
-                    layout = layout_seed(seed + EVAL_SEED_OFFSET, task, episode)
+                    layout = eval_layout_seed(seed, task, episode)
                     session_id = f"eval-{task}-{episode}-{uuid.uuid4().hex[:8]}"
                     arm = PolicyDrivenArm(robot)
                     arm.reset(layout)

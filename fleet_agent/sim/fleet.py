@@ -31,8 +31,15 @@ class FleetMode(StrEnum):
 
 
 def layout_seed(base_seed: int, robot_id: str, episode: int) -> int:
-    """Deterministic, well-spread object-layout seed per (fleet seed, robot, episode)."""
-    return zlib.crc32(f"{base_seed}/{robot_id}/{episode}".encode()) & 0x7FFFFFFF
+    """Deterministic, well-spread object-layout seed per (fleet seed, robot, episode) for data
+    collection. Always even: evaluation layouts (`eval_layout_seed`) are always odd, so no
+    evaluation ever runs on a layout the fleet recorded, whatever the seeds."""
+    return zlib.crc32(f"{base_seed}/{robot_id}/{episode}".encode()) & 0x7FFFFFFE
+
+
+def eval_layout_seed(base_seed: int, task: str, episode: int) -> int:
+    """The held-out layout of evaluation episode `episode` of `task`: always odd (see layout_seed)."""
+    return zlib.crc32(f"eval/{base_seed}/{task}/{episode}".encode()) & 0x7FFFFFFF | 1
 
 
 @dataclass(frozen=True)
