@@ -328,6 +328,7 @@ class KServeBackend(ServingBackend):
         websocket_urls: bool = False,
         catalog: Catalog | None = None,
         api_client: Any = None,
+        custom_objects_api: Any = None,
         ready_timeout_s: float = 900.0,
         poll_interval_s: float = 5.0,
     ) -> None:
@@ -355,8 +356,13 @@ class KServeBackend(ServingBackend):
         self.poll_interval_s = poll_interval_s
         self._api_client = api_client
         self._owns_client = api_client is None
-        self._api: Any = None
+        # A CustomObjectsApi given here (configured elsewhere, or a test double) is used as is.
+        self._api: Any = custom_objects_api
         self._api_error: type[Exception] = _NoApiError  # ApiException, once the client is loaded
+        if custom_objects_api is not None:
+            from kubernetes.client.exceptions import ApiException
+
+            self._api_error = ApiException
 
     def render(self, version: str) -> dict[str, Any]:
         return render_inference_service(self.template, check_version(version))
