@@ -14,6 +14,7 @@ import contextlib
 import json
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -28,6 +29,26 @@ from websockets.sync.client import ClientConnection, connect
 from wamfleet.platform.contracts.protocol import PolicyMetadata, ServerTiming, packb, unpackb
 
 TIMING_KEYS = tuple(ServerTiming.model_fields)
+MAX_TOKENS = 64  # session tokens a client remembers (the most recent sessions)
+
+
+class _Tokens:
+    """The server's session token per session_id: the credential that owns the session there."""
+
+    def __init__(self) -> None:
+        self._tokens: OrderedDict[str, str] = OrderedDict()
+
+    def get(self, session_id: str) -> str | None:
+        return self._tokens.get(session_id)
+
+    def remember(self, session_id: str, token: Any) -> None:
+        if isinstance(token, bytes):
+            token = token.decode(errors="replace")
+        if isinstance(token, str) and token:
+            self._tokens[session_id] = token
+            self._tokens.move_to_end(session_id)
+            while len(self._tokens) > MAX_TOKENS:
+                self._tokens.popitem(last=False)
 
 
 class PolicyError(Exception):
@@ -112,7 +133,8 @@ class WebsocketPolicyClient(PolicyClient):
     Connects on first use, not in the constructor, so a robot whose server is down still
     starts (and holds safe actions). After a timeout the connection is closed, because a late
     reply would otherwise be read as the answer to the next request. A connection that drops
-    between requests is reopened once per call.
+    between requests is reopened once per call; the session's token (from its replies) goes
+    with every message, so the session carries on over the new connection.
     """
 
     def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 5.0) -> None:
@@ -123,6 +145,7 @@ class WebsocketPolicyClient(PolicyClient):
         self.timeout_s = timeout_s
         self._conn: ClientConnection | None = None
         self._metadata: PolicyMetadata | None = None
+        self._tokens = _Tokens()
         self._lock = threading.Lock()
 
     def _connect(self) -> ClientConnection:
@@ -218,11 +241,15 @@ class WebsocketPolicyClient(PolicyClient):
         }
         if frame_index is not None:
             message["frame_index"] = int(frame_index)
+        token = self._tokens.get(session_id)
+        if token is not None:
+            message["session_token"] = token
         started = time.perf_counter()
         reply = self._call(message)
         latency = time.perf_counter() - started
         if "actions" not in reply:
             raise PolicyError(f"reply: no actions (keys {sorted(reply)})")
+        self._tokens.remember(session_id, reply.get("session_token"))
         timing = reply.get("server_timing") or {}
         return ActionChunk(
             actions=_actions(reply["actions"]),
@@ -233,7 +260,11 @@ class WebsocketPolicyClient(PolicyClient):
         )
 
     def reset(self, session_id: str) -> None:
-        self._call({"endpoint": "reset", "session_id": session_id})
+        message = {"endpoint": "reset", "session_id": session_id}
+        token = self._tokens.get(session_id)
+        if token is not None:
+            message["session_token"] = token
+        self._call(message)
 
     def close(self) -> None:
         with self._lock:
@@ -246,7 +277,9 @@ class RestPolicyClient(PolicyClient):
     v2 has no metadata message, so this client learns the policy version, chunk length and
     action size from its first reply; what v2 cannot say (the control rate, the server's video
     rate, camera names) comes from the constructor's hints. v2 has no reset either: `reset`
-    marks the session, and its next request carries `reset=True`.
+    marks the session, and its next request carries `reset=True`. A session's first reply
+    carries its `session_token`; every later request of that session sends it back, since the
+    server gives a request without it a session of its own.
     """
 
     def __init__(
@@ -272,6 +305,7 @@ class RestPolicyClient(PolicyClient):
         self._http = httpx.Client(timeout=timeout_s, headers=headers, trust_env=False)
         self._metadata: PolicyMetadata | None = None
         self._pending_reset: set[str] = set()
+        self._tokens = _Tokens()
         self._lock = threading.Lock()
 
     def metadata(self) -> PolicyMetadata:
@@ -300,6 +334,9 @@ class RestPolicyClient(PolicyClient):
         ]
         if session_id in self._pending_reset:
             inputs.append({"name": "reset", "shape": [1], "datatype": "BOOL", "data": [True]})
+        token = self._tokens.get(session_id)
+        if token is not None:
+            inputs.append({"name": "session_token", "shape": [1], "datatype": "BYTES", "data": [token]})
         if frame_index is not None:
             inputs.append(
                 {"name": "frame_index", "shape": [1], "datatype": "INT64", "data": [int(frame_index)]}
@@ -336,6 +373,8 @@ class RestPolicyClient(PolicyClient):
             params = dict(reply.get("parameters") or {})
         except (json.JSONDecodeError, KeyError, StopIteration, TypeError, ValueError) as exc:
             raise PolicyError(f"reply: not a v2 actions response ({type(exc).__name__}: {exc})") from None
+        with self._lock:
+            self._tokens.remember(session_id, params.get("session_token"))
         chunk = ActionChunk(
             actions=actions,
             policy_version=str(params.get("policy_version", "")),

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import secrets
 import threading
 import time
 import zlib
@@ -51,10 +52,30 @@ MAX_FRAMES_PER_REQUEST = 64
 MAX_INSTRUCTION_CHARS = 1000
 MAX_FRAME_INDEX = 2**40
 MAX_PHASES = 2  # caches a session keeps: on-grid requests plus one early phase (least recent goes)
+MAX_STATE_ABS = 1e6  # |state| above this is refused: no robot reports it, and ~1e30 drives the model to NaN
+MAX_SESSION_ID_CHARS = 200
+MAX_TOKEN_CHARS = 128
+SessionKey = tuple[str, str]  # (owner, session_id): a session is reachable only by its owner
+
+
+def new_session_token() -> str:
+    """A random owner credential (128 bits) for sessions a client opens without one."""
+    return secrets.token_urlsafe(16)
 
 
 class RequestError(ValueError):
     """Bad input from a client; the message names the input."""
+
+
+def _numeric_array(value: Any, name: str) -> NDArray[Any]:
+    """An ndarray from whatever a client sent; ragged or nested-object data is the client's error."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError):
+        raise RequestError(f"{name}: expected a rectangular numeric array") from None
+    if array.dtype.kind in "OVSUMmc":
+        raise RequestError(f"{name}: expected a numeric array, got dtype {array.dtype}")
+    return array
 
 
 class NonFiniteActions(RuntimeError):
@@ -69,6 +90,13 @@ class InferRequest:
     state: Any  # float [state_dim]
     reset: bool = False
     frame_index: Any = None  # video-rate index of the last image since the session's first frame
+    # Who the session belongs to (a websocket connection, a REST session token): sessions are
+    # keyed by (owner, session_id), so a client can never reach another client's session.
+    owner: str = ""
+
+    @property
+    def key(self) -> SessionKey:
+        return (self.owner, self.session_id)
 
 
 @dataclass
@@ -179,27 +207,27 @@ class SessionStore:
     def __init__(self, max_bytes: int, ttl_s: float) -> None:
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
-        self._sessions: OrderedDict[str, EngineSession] = OrderedDict()
+        self._sessions: OrderedDict[SessionKey, EngineSession] = OrderedDict()
         self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def get(self, session_id: str) -> EngineSession | None:
+    def get(self, key: SessionKey) -> EngineSession | None:
         self.expire()
-        session = self._sessions.get(session_id)
+        session = self._sessions.get(key)
         if session is not None:
-            self._sessions.move_to_end(session_id)
+            self._sessions.move_to_end(key)
             session.last_used = time.monotonic()
         return session
 
-    def put(self, session_id: str, session: EngineSession) -> None:
-        self._sessions[session_id] = session
-        self._sessions.move_to_end(session_id)
-        self.shrink(keep=session_id)
+    def put(self, key: SessionKey, session: EngineSession) -> None:
+        self._sessions[key] = session
+        self._sessions.move_to_end(key)
+        self.shrink(keep=key)
 
-    def drop(self, session_id: str) -> None:
-        self._sessions.pop(session_id, None)
+    def drop(self, key: SessionKey) -> None:
+        self._sessions.pop(key, None)
 
     def expire(self) -> None:
         now = time.monotonic()
@@ -208,7 +236,7 @@ class SessionStore:
             self.evictions += 1
             metrics.EVICTIONS.inc()
 
-    def shrink(self, keep: str | None = None) -> None:
+    def shrink(self, keep: SessionKey | None = None) -> None:
         """Evicts least recently used sessions until the caches fit the memory budget."""
         while self.nbytes() > self.max_bytes and len(self._sessions) > 1:
             oldest = next(iter(self._sessions))
@@ -288,13 +316,18 @@ class PolicyEngine:
     # Validation ------------------------------------------------------------------------------
 
     def validate(self, request: InferRequest) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
-        if not isinstance(request.session_id, str) or not 0 < len(request.session_id) <= 200:
-            raise RequestError("session_id: must be a non-empty string of at most 200 characters")
+        """Checks every input before it is queued; RequestError names the input that is wrong."""
+        if not isinstance(request.session_id, str) or not 0 < len(request.session_id) <= MAX_SESSION_ID_CHARS:
+            raise RequestError(
+                f"session_id: must be a non-empty string of at most {MAX_SESSION_ID_CHARS} characters"
+            )
+        if not isinstance(request.owner, str) or len(request.owner) > MAX_TOKEN_CHARS:
+            raise RequestError(f"session_token: must be a string of at most {MAX_TOKEN_CHARS} characters")
         if not isinstance(request.instruction, str) or not request.instruction.strip():
             raise RequestError("instruction: must be a non-empty string")
         if len(request.instruction) > MAX_INSTRUCTION_CHARS:
             raise RequestError(f"instruction: longer than {MAX_INSTRUCTION_CHARS} characters")
-        images = np.asarray(request.images)
+        images = _numeric_array(request.images, "images")
         if images.dtype != np.uint8:
             raise RequestError(f"images: expected dtype uint8, got {images.dtype}")
         if images.ndim == 4:
@@ -312,15 +345,21 @@ class PolicyEngine:
             raise RequestError(
                 f"images: height and width must be within [8, {MAX_IMAGE_SIDE}], got {images.shape}"
             )
-        try:
-            state = np.asarray(request.state, dtype=np.float32).reshape(-1)
-        except (TypeError, ValueError):
-            raise RequestError("state: expected a numeric vector") from None
-        if state.shape != (self.spec.state_dim,):
-            raise RequestError(f"state: expected {self.spec.state_dim} values, got {state.shape[0]}")
-        if not np.all(np.isfinite(state)):
+        raw = _numeric_array(request.state, "state")
+        if raw.dtype.kind not in "iuf":  # not bool, text, datetime, complex or objects
+            raise RequestError(f"state: expected integers or floats, got dtype {raw.dtype}")
+        if raw.size != self.spec.state_dim:
+            raise RequestError(f"state: expected {self.spec.state_dim} values, got {raw.size}")
+        wide = raw.astype(np.float64).reshape(-1)  # any byte order or width, compared exactly
+        if not np.all(np.isfinite(wide)):
             raise RequestError("state: contains NaN or infinity")
-        return images, state
+        too_big = np.flatnonzero(np.abs(wide) > MAX_STATE_ABS)
+        if too_big.size:
+            i = int(too_big[0])
+            raise RequestError(
+                f"state: values must be within +-{MAX_STATE_ABS:g}, got {wide[i]:g} at index {i}"
+            )
+        return images, wide.astype(np.float32)
 
     @staticmethod
     def validate_frame_index(value: Any) -> int | None:
@@ -413,13 +452,13 @@ class PolicyEngine:
     def _prepare(self, pending: _Pending) -> tuple[EngineSession, Grid]:
         """The request's session and the cache to predict from, with the new frames written in."""
         request = pending.request
-        session = None if request.reset else self.sessions.get(request.session_id)
+        session = None if request.reset else self.sessions.get(request.key)
         if session is not None and session.instruction != request.instruction:
             session = None  # a new prompt starts a new session, as in DreamZero
         fresh = session is None
         session = self._receive(session, request, pending)
         if fresh:
-            self.sessions.put(request.session_id, session)
+            self.sessions.put(request.key, session)
         return session, self._grid_for_now(session)
 
     def infer(self, request: InferRequest) -> InferResult:
@@ -486,7 +525,7 @@ class PolicyEngine:
                 except queue.Empty:
                     break
                 # One session's requests run in order: a second one waits for the next batch.
-                if any(p.request.session_id == item.request.session_id for p in batch):
+                if any(p.request.key == item.request.key for p in batch):
                     carry.append(item)
                 else:
                     batch.append(item)
@@ -545,7 +584,7 @@ class PolicyEngine:
                     timing,
                 )
                 pending.future.set_result(result)
-            self.sessions.shrink(keep=ready[-1][0].request.session_id)
+            self.sessions.shrink(keep=ready[-1][0].request.key)
             metrics.SESSION_BYTES.set(self.sessions.nbytes())
 
     def _predict(
@@ -572,6 +611,7 @@ class PolicyEngine:
         self._stopping.set()
         self._thread.join(timeout=10)
 
-    def reset(self, session_id: str) -> None:
+    def reset(self, session_id: str, owner: str = "") -> None:
+        """Forgets one owner's session; another owner's session of the same id is untouched."""
         with self._lock:
-            self.sessions.drop(session_id)
+            self.sessions.drop((owner, session_id))

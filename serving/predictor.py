@@ -2,8 +2,13 @@
 
 Inputs (by name): images UINT8 [views,H,W,3] or [T,views,H,W,3], state FP32 [state_dim],
 instruction BYTES [1], session_id BYTES [1], reset BOOL [1] (optional), frame_index INT64 [1]
-(optional: the video-rate index of the last image in the episode). Output: actions FP32
-[chunk, action_dim]; the response parameters carry the policy version and per-stage timings.
+(optional: the video-rate index of the last image in the episode), session_token BYTES [1]
+(optional: the token of the session's first reply). Output: actions FP32 [chunk, action_dim];
+the response parameters carry the policy version, the session token and per-stage timings.
+
+A session belongs to its token: the engine keys sessions by (token, session_id), so a request
+without the right token starts its own session and never reaches another client's. A replica
+that never saw a token starts that session from the frames the request carries.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ import numpy as np
 import torch
 from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput
+from numpy.typing import NDArray
 
 from wamfleet.model.policy import load_policy
 from wamfleet.serving.engine import InferRequest as EngineRequest
-from wamfleet.serving.engine import NonFiniteActions, PolicyEngine, RequestError
+from wamfleet.serving.engine import NonFiniteActions, PolicyEngine, RequestError, new_session_token
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -41,19 +47,49 @@ def resolve_policy(location: str) -> Path:
     raise ValueError(f"policy: {location} holds no policy.json (looked in {[str(c) for c in candidates]})")
 
 
-def _text(value: Any, name: str) -> str:
-    item = np.asarray(value).reshape(-1)
+def _tensor(inputs: dict[str, Any], name: str) -> NDArray[Any]:
+    """An input as numpy; data that does not fit its datatype or shape is a RequestError naming it."""
+    tensor = inputs[name]
+    datatype = str(tensor.datatype)[:20]
+    try:
+        return np.asarray(tensor.as_numpy())
+    except OverflowError:
+        raise RequestError(f"{name}: a value is out of range for {datatype}") from None
+    except InvalidInput:
+        raise RequestError(f"{name}: unsupported datatype {datatype!r}") from None
+    except (ValueError, TypeError, IndexError, MemoryError, RecursionError):
+        raise RequestError(
+            f"{name}: data is not a {datatype} tensor of shape {list(tensor.shape)!s:.100}"
+        ) from None
+
+
+def _one(value: NDArray[Any], name: str, datatype: str) -> Any:
+    item = value.reshape(-1)
     if item.size != 1:
-        raise RequestError(f"{name}: expected one BYTES element, got {item.size}")
-    raw = item[0]
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
+        raise RequestError(f"{name}: expected one {datatype} element, got {item.size}")
+    return item[0]
 
 
-def _integer(value: Any, name: str) -> int:
-    item = np.asarray(value).reshape(-1)
-    if item.size != 1 or item.dtype.kind not in "iu":
+def _text(value: NDArray[Any], name: str) -> str:
+    raw = _one(value, name, "BYTES")
+    if isinstance(raw, bytes):
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            raise RequestError(f"{name}: not UTF-8 text") from None
+    return str(raw)
+
+
+def _integer(value: NDArray[Any], name: str) -> int:
+    if value.dtype.kind not in "iu":
         raise RequestError(f"{name}: expected one INT64 element")
-    return int(item[0])
+    return int(_one(value, name, "INT64"))
+
+
+def _flag(value: NDArray[Any], name: str) -> bool:
+    if value.dtype.kind not in "biu":
+        raise RequestError(f"{name}: expected one BOOL element")
+    return bool(_one(value, name, "BOOL"))
 
 
 class WAMPredictor(Model):
@@ -120,29 +156,29 @@ class WAMPredictor(Model):
     ) -> InferResponse:
         assert self.engine is not None
         try:
-            inputs = {i.name: i for i in payload.inputs}
+            inputs = {str(i.name): i for i in payload.inputs}
             for required in ("images", "state", "instruction", "session_id"):
                 if required not in inputs:
                     raise RequestError(f"{required}: missing input")
-            reset = (
-                bool(np.asarray(inputs["reset"].as_numpy()).reshape(-1)[0]) if "reset" in inputs else False
+            # The session's owner: the token from an earlier reply, or a new one (a new session).
+            token = (
+                _text(_tensor(inputs, "session_token"), "session_token") if "session_token" in inputs else ""
             )
             request = EngineRequest(
-                session_id=_text(inputs["session_id"].as_numpy(), "session_id"),
-                instruction=_text(inputs["instruction"].as_numpy(), "instruction"),
-                images=inputs["images"].as_numpy(),
-                state=inputs["state"].as_numpy(),
-                reset=reset,
-                frame_index=_integer(inputs["frame_index"].as_numpy(), "frame_index")
+                session_id=_text(_tensor(inputs, "session_id"), "session_id"),
+                instruction=_text(_tensor(inputs, "instruction"), "instruction"),
+                images=_tensor(inputs, "images"),
+                state=_tensor(inputs, "state"),
+                reset=_flag(_tensor(inputs, "reset"), "reset") if "reset" in inputs else False,
+                frame_index=_integer(_tensor(inputs, "frame_index"), "frame_index")
                 if "frame_index" in inputs
                 else None,
+                owner=token or new_session_token(),
             )
             # The engine batches across callers; await its future, keeping the event loop free.
             result = await asyncio.wrap_future(self.engine.submit(request))
         except RequestError as exc:
             raise InvalidInput(str(exc)) from None
-        except (ValueError, TypeError) as exc:
-            raise InvalidInput(f"inputs: {exc}") from None
         output = InferOutput(name="actions", shape=list(result.actions.shape), datatype="FP32")
         output.set_data_from_numpy(result.actions, binary_data=False)
         meta = self.engine.metadata()
@@ -155,6 +191,7 @@ class WAMPredictor(Model):
             "action_dim": meta.action_dim,
             "policy_version": result.policy_version,
             "session_id": result.session_id,
+            "session_token": request.owner,  # send it back as the session_token input
             "chunk_index": result.chunk_index,
             **{k: float(v) for k, v in result.timing.model_dump().items()},
         }

@@ -2,8 +2,15 @@
 
 On connect the server sends the policy metadata; every message is an observation dict
 (msgpack-numpy) with `endpoint` "infer" (default) or "reset" and a `session_id`. Replies are
-msgpack dicts; bad input is answered with a text frame naming the input (the openpi client
-raises it as an error) and the connection stays usable.
+msgpack dicts; every bad message (a text frame, undecodable bytes, bad input) is answered with
+a text frame naming the input (the openpi client raises it as an error) and the connection
+stays usable.
+
+Sessions belong to the connection that opened them: the engine keys them by (owner,
+session_id), and the owner is a random token per connection, so another connection that
+sends the same `session_id` (or none: openpi's clients send none) gets its own session and can
+neither reset nor write into this one. Replies carry that token as `session_token`; a client
+that reconnects may send it back (`session_token` in the message) to carry on its session.
 """
 
 from __future__ import annotations
@@ -18,9 +25,26 @@ import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect, status
 
 from wamfleet.platform.contracts.protocol import MAX_MESSAGE_BYTES, packb, unpackb
-from wamfleet.serving.engine import InferRequest, PolicyEngine, RequestError
+from wamfleet.serving.engine import (
+    MAX_TOKEN_CHARS,
+    InferRequest,
+    NonFiniteActions,
+    PolicyEngine,
+    RequestError,
+    new_session_token,
+)
 
 log = logging.getLogger(__name__)
+DEFAULT_SESSION = "default"  # the session of a client that sends no session_id (one per connection)
+INTERNAL_ERROR = "server: internal error; the request was not served"
+TEXT_FRAME = "message: expected a binary msgpack-numpy frame, got a text frame"
+
+
+def api_key_ok(header: str | None, api_key: str | None) -> bool:
+    """`Authorization: Api-Key <key>`, compared in constant time; anything goes without a key."""
+    if api_key is None:
+        return True
+    return hmac.compare_digest((header or "").encode(), f"Api-Key {api_key}".encode())
 
 
 def _text_field(obs: dict[str, Any], name: str, default: str | None = None) -> str | None:
@@ -32,8 +56,16 @@ def _text_field(obs: dict[str, Any], name: str, default: str | None = None) -> s
     return value
 
 
-def _request_from(obs: dict[str, Any]) -> InferRequest:
-    session = _text_field(obs, "session_id", "default")
+def _owner(obs: dict[str, Any], connection: str) -> str:
+    """The message's own session_token (a session from an earlier connection), else the connection's."""
+    token = _text_field(obs, "session_token")
+    if token is not None and len(token) > MAX_TOKEN_CHARS:
+        raise RequestError(f"session_token: at most {MAX_TOKEN_CHARS} characters")
+    return token or connection
+
+
+def _request_from(obs: dict[str, Any], owner: str) -> InferRequest:
+    session = _text_field(obs, "session_id", DEFAULT_SESSION)
     instruction = _text_field(obs, "instruction") or _text_field(obs, "prompt")
     reset = obs.get("reset", False)
     if not isinstance(reset, bool | int | np.bool_):
@@ -46,32 +78,44 @@ def _request_from(obs: dict[str, Any]) -> InferRequest:
         if value is None:
             raise RequestError(f"{name}: missing from the observation")
     return InferRequest(
-        session_id=session or "default",
+        session_id=session or DEFAULT_SESSION,
         instruction=instruction or "",
         images=obs["images"],
         state=obs["state"],
         reset=bool(reset),
         frame_index=obs.get("frame_index"),
+        owner=owner,
     )
 
 
-def policy_websocket_router(engine: Callable[[], PolicyEngine], api_key: str | None = None) -> APIRouter:
+def policy_websocket_router(
+    engine: Callable[[], PolicyEngine],
+    api_key: str | None = None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+) -> APIRouter:
+    """The openpi endpoint at "/". `max_message_bytes` must equal the server's websocket frame
+    limit (uvicorn's ws_max_size), so one setting decides what is refused."""
     router = APIRouter()
 
     @router.websocket("/")
     async def policy(ws: WebSocket) -> None:
-        if api_key is not None:
-            sent = ws.headers.get("authorization", "")
-            if not hmac.compare_digest(sent.encode(), f"Api-Key {api_key}".encode()):
-                await ws.close(code=status.WS_1008_POLICY_VIOLATION, reason="missing or wrong Api-Key")
-                return
+        if not api_key_ok(ws.headers.get("authorization"), api_key):
+            await ws.close(code=status.WS_1008_POLICY_VIOLATION, reason="missing or wrong Api-Key")
+            return
         await ws.accept()
         eng = engine()
-        await ws.send_bytes(packb(eng.metadata().model_dump()))
+        connection = new_session_token()  # owns the sessions this connection opens
         try:
+            await ws.send_bytes(packb(eng.metadata().model_dump()))
             while True:
-                data = await ws.receive_bytes()
-                reply = await _answer(eng, data)
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                data = message.get("bytes")
+                if data is None:  # a text frame: answered, never a dropped connection
+                    reply: bytes | str = TEXT_FRAME
+                else:
+                    reply = await _answer(eng, data, connection, max_message_bytes)
                 if isinstance(reply, str):
                     await ws.send_text(reply)
                 else:
@@ -82,33 +126,44 @@ def policy_websocket_router(engine: Callable[[], PolicyEngine], api_key: str | N
     return router
 
 
-async def _answer(engine: PolicyEngine, data: bytes) -> bytes | str:
-    if len(data) > MAX_MESSAGE_BYTES:
-        return f"message: {len(data)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit"
+async def _answer(
+    engine: PolicyEngine, data: bytes, owner: str = "", max_message_bytes: int = MAX_MESSAGE_BYTES
+) -> bytes | str:
+    """One reply per message: msgpack bytes, or a text naming what was wrong (never an exception)."""
+    if len(data) > max_message_bytes:
+        return f"message: {len(data)} bytes exceeds the {max_message_bytes}-byte limit"
     try:
         obs = unpackb(data)
     except Exception as exc:  # noqa: BLE001 - any undecodable payload is the client's error
-        return f"message: not msgpack-numpy ({type(exc).__name__}: {exc})"
+        return f"message: not msgpack-numpy ({type(exc).__name__})"
     if not isinstance(obs, dict):
         return "message: expected an observation dict"
-    obs = {k.decode(errors="replace") if isinstance(k, bytes) else str(k): v for k, v in obs.items()}
     try:
+        obs = {k.decode(errors="replace") if isinstance(k, bytes) else str(k): v for k, v in obs.items()}
         endpoint = _text_field(obs, "endpoint", "infer")
+        who = _owner(obs, owner)
         if endpoint == "reset":
-            session = _text_field(obs, "session_id", "default") or "default"
-            engine.reset(session)
+            session = _text_field(obs, "session_id", DEFAULT_SESSION) or DEFAULT_SESSION
+            engine.reset(session, who)
             return bytes(packb({"reset": True, "session_id": session}))
         if endpoint != "infer":
-            return f"endpoint: unknown {endpoint!r}; use 'infer' or 'reset'"
+            return f"endpoint: unknown {endpoint!r:.60}; use 'infer' or 'reset'"
         # Validation happens here; the chunk is awaited without holding a thread.
-        result = await asyncio.wrap_future(engine.submit(_request_from(obs)))
+        result = await asyncio.wrap_future(engine.submit(_request_from(obs, who)))
+        reply = {
+            "actions": np.ascontiguousarray(result.actions),
+            "session_id": result.session_id,
+            "session_token": who,
+            "chunk_index": result.chunk_index,
+            "policy_version": result.policy_version,
+            "server_timing": result.timing.model_dump(),
+        }
+        return bytes(packb(reply))
     except RequestError as exc:
         return str(exc)
-    reply = {
-        "actions": np.ascontiguousarray(result.actions),
-        "session_id": result.session_id,
-        "chunk_index": result.chunk_index,
-        "policy_version": result.policy_version,
-        "server_timing": result.timing.model_dump(),
-    }
-    return bytes(packb(reply))
+    except NonFiniteActions as exc:  # a broken model: the robot gets an error, never the NaNs
+        log.warning("websocket: %s", exc)
+        return str(exc)
+    except Exception:
+        log.exception("websocket: request failed")
+        return INTERNAL_ERROR

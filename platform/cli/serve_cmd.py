@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from wamfleet.platform.cli.common import fail
+from wamfleet.platform.contracts.protocol import MAX_MESSAGE_BYTES
 
 
 def serve(
@@ -18,7 +19,11 @@ def serve(
     port: Annotated[int, typer.Option(help="HTTP port (REST and websocket).")] = 8080,
     api_key: Annotated[
         str | None,
-        typer.Option(envvar="WAMFLEET_SERVE_API_KEY", help="Require `Authorization: Api-Key <key>`."),
+        typer.Option(
+            envvar="WAMFLEET_SERVE_API_KEY",
+            help="Require `Authorization: Api-Key <key>` on every inference route (REST and websocket);"
+            " health, readiness, metadata and /metrics stay open for probes.",
+        ),
     ] = None,
     embodiment: Annotated[
         str | None, typer.Option(help="Which of the policy's embodiments to act for.")
@@ -36,6 +41,15 @@ def serve(
     ] = None,
     max_batch: Annotated[int, typer.Option(min=1, help="Sessions denoised together (1: no batching).")] = 8,
     max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a request waits for others.")] = 5.0,
+    max_message_mib: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            max=1024,
+            help="Largest websocket message (frames of every camera since the last request);"
+            " a larger one is closed with 1009.",
+        ),
+    ] = MAX_MESSAGE_BYTES / 2**20,
 ) -> None:
     """Serve a policy for robots in closed loop."""
     import os
@@ -64,6 +78,12 @@ def serve(
         max_wait_ms=max_wait_ms,
     )
     try:
-        run(predictor, host=host, port=port, api_key=api_key)
+        run(
+            predictor,
+            host=host,
+            port=port,
+            api_key=api_key,
+            max_message_bytes=int(max_message_mib * 2**20),
+        )
     except ValueError as exc:
         fail(str(exc))

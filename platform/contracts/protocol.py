@@ -7,9 +7,13 @@ published `openpi-client` drives a wamfleet server unchanged. Messages:
 - on connect, the server sends `PolicyMetadata`;
 - request: {"endpoint": "infer" | "reset", "session_id": str, "instruction": str,
   "images": uint8 [views, H, W, 3] or [T, views, H, W, 3], "state": float32 [state_dim],
-  optional "frame_index": int (the video-rate index of the last image since the episode began)};
+  optional "frame_index": int (the video-rate index of the last image since the episode began),
+  optional "session_token": str (from an earlier reply: carries a session over a reconnect)};
 - reply: {"actions": float32 [chunk, action_dim], "policy_version": str, "session_id": str,
-  "chunk_index": int, "server_timing": {stage: ms}} or {"error": message} for bad input.
+  "session_token": str, "chunk_index": int, "server_timing": {stage: ms}}, or a text frame
+  "<input>: <problem>" for a bad message (the connection stays open).
+
+A session belongs to the connection that opened it (or to whoever holds its session_token).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import msgpack
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+# Default largest message (4 frames of 2 cameras at 720p are ~21 MiB); `wamfleet serve
+# --max-message-mib` sets both the server's websocket frame limit and its handler's check.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 Endpoint = Literal["infer", "reset"]
 

@@ -76,7 +76,7 @@ def test_websocket_client_gets_chunks_and_names_errors(server: str) -> None:
 
 
 def test_rest_client_gets_chunks_and_learns_metadata_from_the_first_reply(server: str) -> None:
-    client = open_policy_client(server, timeout_s=30)
+    client = open_policy_client(server, api_key=API_KEY, timeout_s=30)
     assert isinstance(client, RestPolicyClient)
     with client:
         with pytest.raises(PolicyError, match="first reply"):
@@ -87,10 +87,37 @@ def test_rest_client_gets_chunks_and_learns_metadata_from_the_first_reply(server
         meta = client.metadata()
         assert (meta.action_dim, meta.actions_per_chunk, meta.state_dim) == (4, 8, 39)
         assert meta.policy_version == chunk.policy_version
+        frames, _ = observation(4)
+        assert (
+            client.infer("rest-1", "reach the goal", frames, state).chunk_index == 2
+        )  # its token went along
         client.reset("rest-1")
         assert client.infer("rest-1", "reach the goal", images, state).chunk_index == 1
         with pytest.raises(PolicyError, match="HTTP 400: state: expected 39 values, got 3"):
             client.infer("rest-1", "reach the goal", images, state[:3])
+    with (
+        open_policy_client(server, timeout_s=30) as keyless,
+        pytest.raises(PolicyError, match="HTTP 401: missing or wrong Api-Key"),
+    ):
+        keyless.infer("rest-1", "reach the goal", images, state)
+
+
+@pytest.mark.parametrize("scheme", ["ws", "http"])
+def test_two_robots_with_one_session_id_keep_their_own_sessions(server: str, scheme: str) -> None:
+    """The same key and session_id on two clients: one's reset and frames never reach the
+    other's session (both clients send their session's token back)."""
+    url = ws_url(server) if scheme == "ws" else server
+    images, state = observation()
+    frames, _ = observation(4)
+    with (
+        open_policy_client(url, api_key=API_KEY, timeout_s=30) as mine,
+        open_policy_client(url, api_key=API_KEY, timeout_s=30) as theirs,
+    ):
+        assert mine.infer("shared", "reach the goal", images, state).chunk_index == 1
+        assert mine.infer("shared", "reach the goal", frames, state).chunk_index == 2
+        theirs.reset("shared")
+        assert theirs.infer("shared", "reach the goal", np.zeros_like(frames), state).chunk_index == 1
+        assert mine.infer("shared", "reach the goal", frames, state).chunk_index == 3
 
 
 def test_agent_drive_records_an_autonomous_episode(server: str, tmp_path: Path) -> None:

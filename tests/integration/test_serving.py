@@ -17,6 +17,8 @@ from wamfleet.platform.contracts.protocol import packb, unpackb
 from wamfleet.serving.launch import serve_subprocess
 
 API_KEY = "robot-fleet-key"
+AUTH = {"Authorization": f"Api-Key {API_KEY}"}
+MAX_MESSAGE_MIB = 32  # one setting: uvicorn's websocket frame limit and the handler's
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +26,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`wamfleet serve` on a tiny random policy, bound to 127.0.0.1, requiring an Api-Key."""
     policy = tiny_policy(tmp_path_factory.mktemp("serve") / "policy")
     log = tmp_path_factory.mktemp("serve-log") / "serve.log"
-    with serve_subprocess(policy, extra_args=["--api-key", API_KEY], log_path=log) as url:
+    args = ["--api-key", API_KEY, "--max-message-mib", str(MAX_MESSAGE_MIB)]
+    with serve_subprocess(policy, extra_args=args, log_path=log) as url:
         yield url
+
+
+def infer(server: str, body: object, headers: dict[str, str] = AUTH) -> httpx.Response:
+    return httpx.post(f"{server}/v2/models/wam/infer", json=body, headers=headers, timeout=60)
 
 
 def v2_body(images: np.ndarray, state: np.ndarray, session: str, reset: bool = False) -> dict[str, object]:
@@ -63,9 +70,7 @@ def ws(url: str, key: str | None = API_KEY) -> ClientConnection:
 
 def test_v2_and_websocket_give_the_same_actions(server: str) -> None:
     images, state = observation()
-    rest = httpx.post(
-        f"{server}/v2/models/wam/infer", json=v2_body(images, state, "same", reset=True), timeout=60
-    )
+    rest = infer(server, v2_body(images, state, "same", reset=True))
     assert rest.status_code == 200, rest.text
     body = rest.json()
     rest_actions = np.asarray(body["outputs"][0]["data"], np.float32).reshape(body["outputs"][0]["shape"])
@@ -124,6 +129,11 @@ def test_websocket_bad_input_is_named_and_the_connection_survives(server: str) -
             assert isinstance(answer, str) and message in answer, answer
         conn.send(b"\xc1 not msgpack")
         assert "message: not msgpack-numpy" in conn.recv()
+        # These two dropped the connection without a close frame (KeyError; a ValueError).
+        conn.send("a text frame")
+        assert "message: expected a binary msgpack-numpy frame" in conn.recv()
+        conn.send(packb({"images": [[1, 2], [3]], "state": state, "prompt": "x", "session_id": "bad"}))
+        assert "images: expected a rectangular numeric array" in conn.recv()
         conn.send(packb({"images": images, "state": state, "prompt": "x", "session_id": "bad"}))
         assert recv(conn)["actions"].shape == (8, 4)
 
@@ -138,14 +148,109 @@ def test_websocket_requires_the_api_key(server: str) -> None:
 def test_v2_bad_input_is_a_4xx_naming_the_input(server: str) -> None:
     images, state = observation(3)
     body = v2_body(images, state[:5], "v2bad")
-    response = httpx.post(f"{server}/v2/models/wam/infer", json=body, timeout=60)
+    response = infer(server, body)
     assert response.status_code == 400
     assert "state: expected 39 values, got 5" in response.text
     body = v2_body(images, state, "v2bad")
     body["inputs"] = body["inputs"][1:]  # type: ignore[index]
-    response = httpx.post(f"{server}/v2/models/wam/infer", json=body, timeout=60)
+    response = infer(server, body)
     assert response.status_code == 400
     assert "images: missing input" in response.text
+    # Each of these was a 500 echoing `ExceptionType : message`.
+    out_of_range = v2_body(images, state, "v2bad")
+    out_of_range["inputs"][0]["data"][0] = 300  # type: ignore[index]
+    empty_reset = v2_body(images, state, "v2bad")
+    empty_reset["inputs"][-1].update(shape=[0], data=[])  # type: ignore[index]
+    for body, status, message in [
+        (out_of_range, 400, "images: a value is out of range for UINT8"),
+        (empty_reset, 400, "reset: expected one BOOL element, got 0"),
+        (v2_body(images, np.full(39, 1e30, np.float32), "v2bad"), 400, "state: values must be within"),
+    ]:
+        response = infer(server, body)
+        assert response.status_code == status and message in response.json()["error"], response.text
+    nan = httpx.post(
+        f"{server}/v2/models/wam/infer", content=b"NaN", headers=AUTH | {"content-type": "application/json"}
+    )
+    assert nan.status_code == 422 and "Error" not in nan.json()["error"]
+
+
+def test_every_inference_route_needs_the_key_and_only_supported_routes_answer(server: str) -> None:
+    images, state = observation(5)
+    for headers in ({}, {"Authorization": "Api-Key wrong"}):
+        response = infer(server, v2_body(images, state, "nokey"), headers=headers)
+        assert response.status_code == 401, response.text
+    assert infer(server, v2_body(images, state, "key")).status_code == 200
+    for path in ("/v2/health/ready", "/v2/health/live", "/v2/models/wam/ready", "/v2/models/wam", "/metrics"):
+        assert httpx.get(f"{server}{path}", timeout=10).status_code == 200, path  # probes carry no key
+    for method, path in [
+        ("POST", "/v1/models/wam:predict"),  # was an unauthenticated 500 (AttributeError)
+        ("POST", "/v2/repository/models/wam/unload"),  # was an unauthenticated unload
+        ("POST", "/v2/models/wam/versions/1/infer"),
+        ("GET", "/docs"),
+        ("GET", "/nope"),
+    ]:
+        for headers in ({}, AUTH):
+            response = httpx.request(method, f"{server}{path}", json={"instances": [1]}, headers=headers)
+            assert response.status_code == 404, (path, response.text)
+    assert httpx.get(f"{server}/v2/models/wam/ready", timeout=10).status_code == 200
+
+
+def test_sessions_belong_to_their_client_over_both_protocols(server: str) -> None:
+    """Two robots with the same session_id and the same key: neither can reset nor write into
+    the other's session (a session was addressed only by its id)."""
+    images, state = observation(6)
+    frames = np.stack([images] * 4)
+    with ws(server) as mine, ws(server) as theirs:
+        mine.recv(), theirs.recv()
+        obs = {"images": frames, "state": state, "prompt": "reach", "session_id": "arm-1"}
+        for expected in (1, 2):
+            mine.send(packb(obs))
+            assert recv(mine)["chunk_index"] == expected
+        theirs.send(packb({"endpoint": "reset", "session_id": "arm-1"}))
+        recv(theirs)
+        theirs.send(packb(obs | {"images": np.zeros_like(frames)}))
+        assert recv(theirs)["chunk_index"] == 1
+        mine.send(packb(obs))
+        assert recv(mine)["chunk_index"] == 3
+    first = infer(server, v2_body(images, state, "arm-2")).json()["parameters"]
+    token_input = {
+        "name": "session_token",
+        "shape": [1],
+        "datatype": "BYTES",
+        "data": [first["session_token"]],
+    }
+    mine_body = v2_body(images, state, "arm-2")
+    mine_body["inputs"].append(token_input)  # type: ignore[attr-defined]
+    assert infer(server, mine_body).json()["parameters"]["chunk_index"] == 2
+    other = infer(server, v2_body(images, state, "arm-2", reset=True)).json()["parameters"]
+    assert other["chunk_index"] == 1 and other["session_token"] != first["session_token"]
+    assert infer(server, mine_body).json()["parameters"]["chunk_index"] == 3
+
+
+def round_trip(conn: ClientConnection, message: bytes) -> object:
+    conn.send(message)
+    return conn.recv(timeout=30)
+
+
+def test_a_720p_two_camera_chunk_fits_and_a_message_over_the_limit_is_closed_1009(server: str) -> None:
+    """4 frames from 2 cameras at 720p (~21 MiB) were closed with 1009 by uvicorn's 16 MiB
+    default while the handler allowed 64 MiB; now `--max-message-mib` sets both."""
+    from websockets.exceptions import ConnectionClosed
+
+    rng = np.random.default_rng(7)
+    frames = rng.integers(0, 255, (4, 2, 720, 1280, 3), dtype=np.uint8)
+    state = np.zeros(39, np.float32)
+    message = packb({"images": frames, "state": state, "prompt": "reach", "session_id": "hd"})
+    assert 20 * 2**20 < len(message) < MAX_MESSAGE_MIB * 2**20
+    with ws(server) as conn:
+        conn.recv()
+        conn.send(message)
+        assert recv(conn)["actions"].shape == (8, 4)
+        big = np.zeros((7, 2, 720, 1280, 3), np.uint8)  # ~37 MiB
+        too_big = packb({"images": big, "state": state, "prompt": "reach", "session_id": "hd"})
+        with pytest.raises(ConnectionClosed) as closed:
+            round_trip(conn, too_big)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
 
 
 OPENPI_SCRIPT = """
@@ -201,8 +306,8 @@ def test_published_openpi_client_drives_the_server_unchanged(server: str, tmp_pa
 
 def test_prometheus_metrics_count_requests_and_stages(server: str) -> None:
     images, state = observation(4)
-    httpx.post(f"{server}/v2/models/wam/infer", json=v2_body(images, state[:2], "metrics"), timeout=60)
-    httpx.post(f"{server}/v2/models/wam/infer", json=v2_body(images, state, "metrics"), timeout=60)
+    infer(server, v2_body(images, state[:2], "metrics"))
+    infer(server, v2_body(images, state, "metrics"))
     text = httpx.get(f"{server}/metrics", timeout=10).text
     assert 'wamfleet_policy_stage_seconds_count{stage="denoise"}' in text
     assert 'wamfleet_policy_requests_total{outcome="bad_request"}' in text

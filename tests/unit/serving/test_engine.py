@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.unit.serving.policy_support import tiny_policy
+from tests.unit.serving.policy_support import nan_policy, tiny_policy
 from wamfleet.model.policy import load_policy
 from wamfleet.serving.engine import (
     CacheWrite,
@@ -48,7 +49,7 @@ def test_chunks_advance_within_a_session_and_observe_real_frames(engine: PolicyE
     assert first.policy_version == "test-1"
     second = engine.infer(request("a", frames=4))
     assert second.chunk_index == 2
-    session = engine.sessions.get("a")
+    session = engine.sessions.get(("", "a"))
     assert session is not None
     assert session.grids[0].sampler.chunks_done == 1  # the executed chunk went into the cache
     assert list(session.writes) == [CacheWrite(grid_start=0, chunk=1, frames=(1, 2, 3, 4))]
@@ -60,7 +61,7 @@ def test_early_requests_keep_real_frames_at_their_real_times(engine: PolicyEngin
     chunk boundary of one of two caches (phases 0 and 2), written only with whole real chunks."""
     for _ in range(5):
         engine.infer(request("early", frames=2))
-    session = engine.sessions.get("early")
+    session = engine.sessions.get(("", "early"))
     assert session is not None and session.now == 8
     assert sorted(session.grids) == [0, 2]
     assert [g.start for _, g in sorted(session.grids.items())] == [0, 2]
@@ -75,7 +76,7 @@ def test_frame_index_places_frames_dedupes_resends_and_restarts_after_a_gap(engi
     engine.infer(request("idx", frame_index=10))
     engine.infer(request("idx", frames=4, frame_index=14))
     engine.infer(request("idx", frames=4, frame_index=14))  # a resend: nothing new is written
-    session = engine.sessions.get("idx")
+    session = engine.sessions.get(("", "idx"))
     assert session is not None
     assert list(session.writes) == [CacheWrite(grid_start=10, chunk=1, frames=(11, 12, 13, 14))]
     engine.infer(request("idx", frames=2, frame_index=20))  # frames 15..18 never arrived
@@ -97,7 +98,7 @@ def test_reset_and_new_instruction_start_over(engine: PolicyEngine) -> None:
 
 def test_unknown_or_evicted_session_is_rebuilt_not_an_error(engine: PolicyEngine) -> None:
     engine.infer(request("c"))
-    engine.sessions.drop("c")
+    engine.sessions.drop(("", "c"))
     assert engine.infer(request("c", frames=4)).chunk_index == 1
 
 
@@ -105,7 +106,7 @@ def test_memory_budget_evicts_least_recently_used(tmp_path: Path) -> None:
     engine = PolicyEngine(load_policy(tiny_policy(tmp_path / "p")), version="v", max_session_bytes=1)
     for sid in ("x", "y", "z"):
         engine.infer(request(sid))
-    assert len(engine.sessions) == 1 and engine.sessions.get("z") is not None
+    assert len(engine.sessions) == 1 and engine.sessions.get(("", "z")) is not None
     assert engine.sessions.evictions == 2
 
 
@@ -116,7 +117,7 @@ def test_default_budget_fits_max_batch_sessions_of_this_preset(tmp_path: Path) -
     for _ in range(3):  # a session at its largest (two phases, full caches) stays within its size
         for _ in range(engine.cfg.cache_chunks * 2):
             engine.infer(request("full", frames=2))
-    session = engine.sessions.get("full")
+    session = engine.sessions.get(("", "full"))
     assert session is not None and len(session.grids) == 2
     frames = sum(f.nbytes for f in session.frames.values())
     assert session.nbytes() - frames <= one
@@ -125,7 +126,7 @@ def test_default_budget_fits_max_batch_sessions_of_this_preset(tmp_path: Path) -
 def test_ttl_expires_idle_sessions(tmp_path: Path) -> None:
     engine = PolicyEngine(load_policy(tiny_policy(tmp_path / "p")), version="v", session_ttl_s=0.0)
     engine.infer(request("old"))
-    assert engine.sessions.get("old") is None
+    assert engine.sessions.get(("", "old")) is None
 
 
 def test_cache_restarts_from_the_latest_frame_at_the_trained_context(tmp_path: Path) -> None:
@@ -134,7 +135,7 @@ def test_cache_restarts_from_the_latest_frame_at_the_trained_context(tmp_path: P
     assert limit == engine.cfg.context_chunks == 4
     for _ in range(limit + 2):
         engine.infer(request("long", frames=4))
-    session = engine.sessions.get("long")
+    session = engine.sessions.get(("", "long"))
     assert session is not None
     grid = session.grids[0]
     # Chunk `limit` is predicted from limit-1 cached chunks; after observing it the cache holds
@@ -152,13 +153,24 @@ def test_cache_restarts_from_the_latest_frame_at_the_trained_context(tmp_path: P
         ({"images": np.zeros((65, 2, 16, 16, 3), np.uint8)}, "images: between 1 and 64 frames"),
         ({"state": np.zeros(5)}, "state: expected 39 values"),
         ({"state": np.full(39, np.nan)}, "state: contains NaN"),
-        ({"state": "abc"}, "state: expected a numeric vector"),
+        ({"state": "abc"}, "state: expected a numeric array"),
+        ({"state": np.array(["1.5"] * 39)}, "state: expected a numeric array, got dtype <U3"),
+        ({"state": np.zeros(39, "datetime64[s]")}, "state: expected a numeric array, got dtype datetime64"),
+        ({"state": np.ones(39, bool)}, "state: expected integers or floats, got dtype bool"),
+        ({"state": np.full(39, 1e30)}, "state: values must be within +-1e+06, got 1e+30 at index 0"),
+        ({"state": [0.0] * 38 + [-2e6]}, "state: values must be within +-1e+06, got -2e+06 at index 38"),
+        ({"state": np.full(39, 1e300)}, "state: values must be within"),
+        ({"state": [[0.0] * 3, [1.0]]}, "state: expected a rectangular numeric array"),
+        ({"images": [[[1, 2], [3]]]}, "images: expected a rectangular numeric array"),
+        ({"images": np.zeros((0, 2, 16, 16, 3), np.uint8)}, "images: between 1 and 64 frames"),
+        ({"images": np.zeros((2, 16, 16, 3), ">u2")}, "images: expected dtype uint8, got >u2"),
+        ({"owner": "x" * 500}, "session_token: must be a string of at most 128"),
         ({"instruction": ""}, "instruction: must be a non-empty string"),
         ({"session_id": ""}, "session_id"),
     ],
 )
 def test_bad_input_names_the_input(engine: PolicyEngine, change: dict[str, object], message: str) -> None:
-    with pytest.raises(RequestError, match=message.replace("(", r"\(")):
+    with pytest.raises(RequestError, match=re.escape(message)):
         engine.infer(request("bad", **change))  # type: ignore[arg-type]
     assert engine.infer(request("good")).actions.shape == (8, 4)  # and the engine still serves
 
@@ -199,7 +211,7 @@ def test_concurrent_sessions_are_batched_and_each_caller_gets_its_own_result(tmp
 def test_a_client_sending_one_frame_per_request_keeps_at_most_two_caches(engine: PolicyEngine) -> None:
     for _ in range(9):
         engine.infer(request("single"))
-    session = engine.sessions.get("single")
+    session = engine.sessions.get(("", "single"))
     assert session is not None and len(session.grids) == 2
     assert list(session.writes) == []  # no chunk of real video ever arrived: nothing to write
 
@@ -207,24 +219,53 @@ def test_a_client_sending_one_frame_per_request_keeps_at_most_two_caches(engine:
 def test_non_finite_actions_are_an_error_and_the_server_still_comes_up(tmp_path: Path) -> None:
     """A NaN action head: never a NaN to the robot, and the predictor still loads (its warm-up
     used to fail on it, so a rollout of such a version could never reach its guardrails)."""
-    from wamfleet.model.policy import save_policy
     from wamfleet.serving.engine import NonFiniteActions
     from wamfleet.serving.predictor import WAMPredictor
 
-    policy = load_policy(tiny_policy(tmp_path / "p"))
-    with torch.no_grad():
-        for name, param in policy.model.named_parameters():
-            if name.startswith("action_decoders."):
-                param.fill_(float("nan"))
-    save_policy(tmp_path / "nan", policy.model, policy.codec, embodiments=policy.embodiments)
-    engine = PolicyEngine(load_policy(tmp_path / "nan"), version="v")
+    broken = nan_policy(tmp_path)
+    engine = PolicyEngine(load_policy(broken), version="v")
     try:
         with pytest.raises(NonFiniteActions, match="non-finite actions"):
             engine.infer(request("nan"))
     finally:
         engine.close()
-    predictor = WAMPredictor("wam", str(tmp_path / "nan"))
+    predictor = WAMPredictor("wam", str(broken))
     try:
         assert predictor.load() and predictor.ready
     finally:
         predictor.stop()
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        np.zeros(39, ">f4"),  # big-endian
+        np.zeros(39, ">i8"),
+        np.zeros(39, np.float16),
+        np.full(39, 7, np.uint16),
+        [0] * 39,  # a plain list of ints, as msgpack decodes it
+        np.full(39, 1e6),  # the bound itself
+    ],
+)
+def test_numeric_state_of_any_width_or_byte_order_is_accepted(engine: PolicyEngine, state: object) -> None:
+    assert engine.infer(request("numeric", state=state)).actions.shape == (8, 4)
+
+
+def test_a_huge_finite_state_is_refused_before_it_can_make_nan_actions(engine: PolicyEngine) -> None:
+    """1e30 passed validation and the policy answered NaN actions (a 500 or a NaN reply)."""
+    with pytest.raises(RequestError, match=r"state: values must be within \+-1e\+06"):
+        engine.submit(request("huge", state=np.full(39, 1e30, np.float32)))
+
+
+def test_sessions_belong_to_their_owner(engine: PolicyEngine) -> None:
+    """Two owners, one session id: neither can reset or write into the other's session."""
+    assert engine.infer(request("robot", owner="alice")).chunk_index == 1
+    assert engine.infer(request("robot", frames=4, owner="alice")).chunk_index == 2
+    engine.reset("robot", owner="mallory")
+    assert engine.infer(request("robot", frames=4, owner="mallory", frame_index=40)).chunk_index == 1
+    mine = engine.sessions.get(("alice", "robot"))
+    assert mine is not None and mine.now == 4 and mine.chunk_index == 2  # mallory's frames went elsewhere
+    assert engine.infer(request("robot", frames=4, owner="alice")).chunk_index == 3
+    engine.reset("robot", owner="alice")
+    assert engine.sessions.get(("alice", "robot")) is None
+    assert engine.sessions.get(("mallory", "robot")) is not None

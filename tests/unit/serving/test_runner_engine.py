@@ -57,7 +57,7 @@ def test_the_cache_holds_real_frames_at_the_time_they_were_seen(
         stats = runner.run_episode("reach the goal", "robot-1", max_steps=60)
     finally:
         engine.close()
-    session = engine.sessions.get("robot-1")
+    session = engine.sessions.get(("", "robot-1"))
     assert session is not None
     stride = engine.cfg.action_stride  # 2 control steps per video frame
     frames = engine.cfg.video_frames_per_chunk  # 4 video frames per chunk
