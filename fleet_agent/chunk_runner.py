@@ -81,10 +81,19 @@ class RunFigures:
     steps: int
     elapsed_s: float
     latencies_s: list[float]
+    safe_actions: int
+    clock: Literal["wall", "simulated"]
 
     @property
     def control_rate_hz(self) -> float:
+        """Steps per second on the run's clock: on a simulated clock this is the target by
+        construction (steps x period), so only a wall-clock run measures anything."""
         return self.steps / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def policy_rate_hz(self) -> float:
+        """Steps driven by the policy's own actions (not safe actions) per second."""
+        return (self.steps - self.safe_actions) / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     @property
     def latency_p50_s(self) -> float | None:
@@ -99,6 +108,7 @@ class RunFigures:
 class EpisodeRunStats(RunFigures):
     steps: int = 0
     elapsed_s: float = 0.0  # on the runner's clock (simulated when realtime=False)
+    clock: Literal["wall", "simulated"] = "simulated"
     target_rate_hz: float = 0.0
     requests: int = 0
     chunks: int = 0
@@ -255,7 +265,7 @@ class ActionChunkRunner:
         """Runs until `done()` or `max_steps`; the first chunk is awaited before the clock starts."""
         session = session_id or uuid.uuid4().hex
         clock: _Clock = RealClock() if self.realtime else SimClock()
-        stats = EpisodeRunStats()
+        stats = EpisodeRunStats(clock="wall" if self.realtime else "simulated")
         # step -> [(chunk number, proposed action)]; only steps not yet executed.
         plan: dict[int, list[tuple[int, NDArray[np.float32]]]] = {}
         video: dict[int, NDArray[np.uint8]] = {}  # video-rate index -> frame the server may lack

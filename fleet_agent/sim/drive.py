@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -100,10 +101,12 @@ def policy_cameras(meta: PolicyMetadata | None) -> tuple[str, ...]:
     return tuple(meta.cameras)
 
 
-def _runner(client: PolicyClient, arm: PolicyDrivenArm, merge: Merge) -> ActionChunkRunner:
+def _runner(
+    client: PolicyClient, arm: PolicyDrivenArm, merge: Merge, realtime: bool = False
+) -> ActionChunkRunner:
     spec = arm.robot.embodiment
     return ActionChunkRunner(
-        client, arm, control_hz=spec.fps, action_dim=spec.action_dim, merge=merge, realtime=False
+        client, arm, control_hz=spec.fps, action_dim=spec.action_dim, merge=merge, realtime=realtime
     )
 
 
@@ -246,6 +249,8 @@ class ClosedLoopReport(RunFigures):
     chunks: int = 0
     safe_actions: int = 0
     policy_versions: list[str] = field(default_factory=list)
+    clock: Literal["wall", "simulated"] = "simulated"
+    overruns: int = 0  # wall clock only: steps that took longer than a control period
 
 
 def evaluate_closed_loop(
@@ -260,11 +265,16 @@ def evaluate_closed_loop(
     merge: Merge = "latest",
     timeout_s: float = 5.0,
     on_episode: Callable[[DriveResult], None] | None = None,
+    realtime: bool = False,
 ) -> ClosedLoopReport:
     """Success rate per task under the served policy, on held-out layouts; records nothing.
 
-    `endpoint`: a URL, or an open client (kept open: it belongs to the caller)."""
-    report = ClosedLoopReport({task: TaskReport(task) for task in tasks})
+    `endpoint`: a URL, or an open client (kept open: it belongs to the caller). `realtime`:
+    drive at the robot's rate on the wall clock, so the control rate is measured; otherwise a
+    simulated clock (replies land at the step their measured latency says, nothing sleeps)."""
+    report = ClosedLoopReport(
+        {task: TaskReport(task) for task in tasks}, clock="wall" if realtime else "simulated"
+    )
     owned = isinstance(endpoint, str)
     client: PolicyClient = (
         open_policy_client(endpoint, api_key=api_key, timeout_s=timeout_s)
@@ -281,7 +291,7 @@ def evaluate_closed_loop(
                     session_id = f"eval-{task}-{episode}-{uuid.uuid4().hex[:8]}"
                     arm = PolicyDrivenArm(robot)
                     arm.reset(layout)
-                    stats = _runner(client, arm, merge).run_episode(
+                    stats = _runner(client, arm, merge, realtime).run_episode(
                         instruction_for(task), session_id, max_steps, arm.done
                     )
                     _add(report, report.tasks[task], arm, stats)
@@ -307,4 +317,5 @@ def _add(report: ClosedLoopReport, task: TaskReport, arm: PolicyDrivenArm, stats
     report.requests += stats.requests
     report.chunks += stats.chunks
     report.safe_actions += stats.safe_actions
+    report.overruns += stats.overruns
     report.policy_versions += [v for v in stats.policy_versions if v not in report.policy_versions]

@@ -32,6 +32,10 @@ def closed_loop(
         str | None, typer.Option(envvar="WAMFLEET_POLICY_API_KEY", help="The policy server's Api-Key.")
     ] = None,
     timeout_s: Annotated[float, typer.Option(help="Per-request timeout; then the robot holds still.")] = 5.0,
+    realtime: Annotated[
+        bool,
+        typer.Option(help="Drive on the wall clock at the robot's rate, measuring the control rate."),
+    ] = False,
 ) -> None:
     """Run the policy on simulated robots; print success rate per task, latency and control rate."""
     from wamfleet.fleet_agent.sim.drive import evaluate_closed_loop
@@ -51,6 +55,7 @@ def closed_loop(
             image_size=image_size,
             merge="weighted" if merge == "weighted" else "latest",
             timeout_s=timeout_s,
+            realtime=realtime,
         )
     except ValueError as exc:
         fail(str(exc))
@@ -67,8 +72,18 @@ def closed_loop(
         f"over {report.chunks} chunks ({report.requests} requests)",
         highlight=False,
     )
-    console.print(
-        f"control rate achieved {report.control_rate_hz:.1f} Hz (target {report.target_rate_hz:.1f} Hz), "
-        f"{report.steps} steps, {report.safe_actions} safe actions",
-        highlight=False,
-    )
+    if report.clock == "wall":
+        console.print(
+            f"control rate achieved on the wall clock {report.control_rate_hz:.1f} Hz "
+            f"(target {report.target_rate_hz:.1f} Hz, {report.overruns} late steps); driven by the "
+            f"policy's actions {report.policy_rate_hz:.1f} Hz ({report.safe_actions} safe actions "
+            f"of {report.steps} steps)",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"simulated clock: {report.steps} steps, {report.safe_actions} safe actions "
+            f"({report.policy_rate_hz:.1f} Hz of policy actions at the simulated "
+            f"{report.target_rate_hz:.1f} Hz); the control rate is measured with --realtime",
+            highlight=False,
+        )

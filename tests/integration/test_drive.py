@@ -7,6 +7,7 @@ import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from tests.unit.serving.policy_support import tiny_policy
 from wamfleet.fleet_agent.chunk_runner import ActionChunkRunner
 from wamfleet.fleet_agent.episode_io import EpisodeReader
 from wamfleet.fleet_agent.policy_client import (
+    ActionChunk,
+    PolicyClient,
     PolicyError,
     RestPolicyClient,
     WebsocketPolicyClient,
@@ -231,3 +234,48 @@ def test_a_robot_assigned_a_stopped_endpoint_picks_its_cameras_without_crashing(
     with open_policy_client(f"ws://127.0.0.1:{free_port('127.0.0.1')}", timeout_s=2.0) as client:
         assert reachable_metadata(client) is None
         assert policy_cameras(reachable_metadata(client)) == DEFAULT_CAMERAS
+
+
+class _TimedPolicy(PolicyClient):
+    """Zero actions after `latency_s` of real time: a fast or a slow policy server."""
+
+    def __init__(self, latency_s: float) -> None:
+        self.latency_s = latency_s
+
+    def metadata(self) -> Any:
+        raise PolicyError("metadata: not known before the first reply")
+
+    def infer(
+        self, session_id: str, instruction: str, images: Any, state: Any, frame_index: int | None = None
+    ) -> ActionChunk:
+        import time
+
+        time.sleep(self.latency_s)
+        return ActionChunk(np.zeros((8, 4), np.float32), "timed", 1, self.latency_s)
+
+    def reset(self, session_id: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_control_rate_is_measured_on_the_wall_clock_and_a_slow_server_lowers_it() -> None:
+    """On the simulated clock the rate equals the target by construction, so it is not printed as
+    measured; on the wall clock a server slower than a chunk leaves steps without policy actions."""
+    from wamfleet.fleet_agent.sim.drive import evaluate_closed_loop
+
+    def run(latency_s: float, realtime: bool) -> Any:
+        return evaluate_closed_loop(
+            _TimedPolicy(latency_s), ["reach-v3"], 1, max_steps=45, image_size=16, realtime=realtime
+        )
+
+    simulated = run(0.0, realtime=False)
+    assert simulated.clock == "simulated" and simulated.control_rate_hz == pytest.approx(15.0)
+    fast, slow = run(0.0, realtime=True), run(1.2, realtime=True)
+    assert fast.clock == slow.clock == "wall"
+    assert 10.0 < fast.control_rate_hz <= 15.5  # it holds the robot's rate, never runs ahead
+    assert fast.policy_rate_hz > 0.75 * fast.control_rate_hz
+    # 8-action chunks last 0.53 s at 15 Hz; replies taking 1.2 s leave the queue empty for long.
+    assert slow.safe_actions > 10
+    assert slow.policy_rate_hz < 0.6 * fast.policy_rate_hz
