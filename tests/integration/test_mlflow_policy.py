@@ -60,5 +60,5 @@ def test_unknown_alias_and_non_policy_artifacts_are_refused(registry: str, tmp_p
         mlflow.log_text("hello", "notes/readme.txt")
     with pytest.raises(ValueError, match=r"holds no policy\.json"):
         resolve_policy(f"runs:/{run.info.run_id}/notes")
-    with pytest.raises(mlflow.exceptions.MlflowException):
+    with pytest.raises(mlflow.exceptions.MlflowException, match="missing not found"):
         resolve_policy("models:/missing@champion")
