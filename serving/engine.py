@@ -30,7 +30,7 @@ import zlib
 from collections import OrderedDict, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -249,6 +249,16 @@ class SessionStore:
 
     def nbytes(self) -> int:
         return sum(s.nbytes() for s in self._sessions.values())
+
+
+class Engine(Protocol):
+    """What both protocols call: a WAM's PolicyEngine, or a scripted policy (serving/scripted.py)."""
+
+    def metadata(self) -> PolicyMetadata: ...
+    def submit(self, request: InferRequest) -> Future[InferResult]: ...
+    def infer(self, request: InferRequest) -> InferResult: ...
+    def reset(self, session_id: str, owner: str = "") -> None: ...
+    def close(self) -> None: ...
 
 
 class PolicyEngine:

@@ -12,11 +12,11 @@ from numpy.typing import ArrayLike
 
 from wamfleet.fleet_agent.policy_client import ActionChunk, PolicyClient
 from wamfleet.platform.contracts.protocol import PolicyMetadata
-from wamfleet.serving.engine import InferRequest, PolicyEngine
+from wamfleet.serving.engine import Engine, InferRequest
 
 
 class EnginePolicyClient(PolicyClient):
-    def __init__(self, engine: PolicyEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     def metadata(self) -> PolicyMetadata:

@@ -14,6 +14,7 @@ that never saw a token starts that session from the frames the request carries.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,9 @@ from kserve.errors import InvalidInput
 from numpy.typing import NDArray
 
 from wamfleet.model.policy import load_policy
+from wamfleet.serving.engine import Engine, NonFiniteActions, PolicyEngine, RequestError, new_session_token
 from wamfleet.serving.engine import InferRequest as EngineRequest
-from wamfleet.serving.engine import NonFiniteActions, PolicyEngine, RequestError, new_session_token
+from wamfleet.serving.scripted import ScriptedEngine, ScriptedLoaders
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -105,8 +107,12 @@ class WAMPredictor(Model):
         max_session_bytes: int | None = None,
         max_batch: int = 8,
         max_wait_ms: float = 5.0,
+        scripted: ScriptedLoaders | None = None,
     ) -> None:
+        """`scripted`: how to build policies of other kinds (policy.json `kind`), e.g. the
+        simulated fleet's scripted expert; the CLI, which may import the robot side, passes it."""
         super().__init__(name)
+        self.scripted = dict(scripted or {})
         self.max_batch = max_batch
         self.max_wait_ms = max_wait_ms
         self.location = location
@@ -115,10 +121,22 @@ class WAMPredictor(Model):
         self.device = device
         self.dtype = DTYPES[dtype]
         self.max_session_bytes = max_session_bytes
-        self.engine: PolicyEngine | None = None
+        self.engine: Engine | None = None
 
     def load(self) -> bool:
-        policy = load_policy(resolve_policy(self.location), self.device, self.dtype)
+        directory = resolve_policy(self.location)
+        record = json.loads((directory / "policy.json").read_text())
+        kind = record.get("kind") if isinstance(record, dict) else None
+        if kind is not None:
+            if kind not in self.scripted:
+                raise ValueError(
+                    f"policy.json: kind {kind!r} is not served here (known: {sorted(self.scripted)})"
+                )
+            version = self.version or (record.get("metadata") or {}).get("version") or kind
+            self.engine = ScriptedEngine(self.scripted[kind](record), version=str(version))
+            self.ready = True
+            return True
+        policy = load_policy(directory, self.device, self.dtype)
         version = self.version or policy.metadata.get("version") or policy.sha256[:12]
         self.engine = PolicyEngine(
             policy,

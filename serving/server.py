@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from wamfleet.platform.contracts.protocol import MAX_MESSAGE_BYTES
-from wamfleet.serving.engine import NonFiniteActions, PolicyEngine
+from wamfleet.serving.engine import Engine, NonFiniteActions
 from wamfleet.serving.predictor import WAMPredictor
 from wamfleet.serving.websocket import api_key_ok, policy_websocket_router
 
@@ -134,7 +134,7 @@ def _client_decode_errors(decode: Callable[..., Any]) -> Callable[..., Any]:
 def configure_app(
     app: FastAPI,
     rest: Any,
-    engine: Callable[[], PolicyEngine],
+    engine: Callable[[], Engine],
     *,
     api_key: str | None,
     max_message_bytes: int,
@@ -154,8 +154,8 @@ def configure_app(
     app.add_middleware(PolicyGate, api_key=api_key)  # outermost: before anything else runs
 
 
-def _engine_of(predictor: WAMPredictor) -> Callable[[], PolicyEngine]:
-    def engine() -> PolicyEngine:
+def _engine_of(predictor: WAMPredictor) -> Callable[[], Engine]:
+    def engine() -> Engine:
         assert predictor.engine is not None
         return predictor.engine
 

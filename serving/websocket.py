@@ -27,9 +27,9 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect, status
 from wamfleet.platform.contracts.protocol import MAX_MESSAGE_BYTES, packb, unpackb
 from wamfleet.serving.engine import (
     MAX_TOKEN_CHARS,
+    Engine,
     InferRequest,
     NonFiniteActions,
-    PolicyEngine,
     RequestError,
     new_session_token,
 )
@@ -89,7 +89,7 @@ def _request_from(obs: dict[str, Any], owner: str) -> InferRequest:
 
 
 def policy_websocket_router(
-    engine: Callable[[], PolicyEngine],
+    engine: Callable[[], Engine],
     api_key: str | None = None,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> APIRouter:
@@ -127,7 +127,7 @@ def policy_websocket_router(
 
 
 async def _answer(
-    engine: PolicyEngine, data: bytes, owner: str = "", max_message_bytes: int = MAX_MESSAGE_BYTES
+    engine: Engine, data: bytes, owner: str = "", max_message_bytes: int = MAX_MESSAGE_BYTES
 ) -> bytes | str:
     """One reply per message: msgpack bytes, or a text naming what was wrong (never an exception)."""
     if len(data) > max_message_bytes:

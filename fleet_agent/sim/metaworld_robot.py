@@ -6,6 +6,7 @@ Rendering follows the settings that make 96x96 CPU frames cost ~10 ms instead of
 
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -42,6 +43,12 @@ ACTION_NAMES = ["dx", "dy", "dz", "grip"]
 # Meta-World's registries are untyped; goal-observable envs take a layout seed at construction.
 _ENVS: dict[str, Any] = metaworld.ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE  # type: ignore[attr-defined]
 _EXPERTS: dict[str, Any] = ENV_POLICY_MAP
+
+
+@functools.cache
+def expert_for(task: str) -> Any:
+    """Meta-World's scripted expert for `task` (stateless: it acts on the observation alone)."""
+    return _EXPERTS[task]()
 
 
 def sawyer_embodiment(image_size: int = 96, cameras: tuple[str, ...] = DEFAULT_CAMERAS) -> EmbodimentSpec:

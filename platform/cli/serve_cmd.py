@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from wamfleet.platform.cli.common import fail
+
+if TYPE_CHECKING:
+    from wamfleet.serving.scripted import ChunkPolicy, ScriptedLoaders
 from wamfleet.platform.contracts.protocol import MAX_MESSAGE_BYTES
 
 
@@ -73,6 +76,7 @@ def serve(
         embodiment=embodiment,
         device=device,
         dtype=dtype,
+        scripted=_scripted_loaders(),
         max_session_bytes=None if max_session_gib is None else int(max_session_gib * 2**30),
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
@@ -87,3 +91,15 @@ def serve(
         )
     except ValueError as exc:
         fail(str(exc))
+
+
+def _scripted_loaders() -> ScriptedLoaders:
+    """Policies of other kinds this command serves: the simulated fleet's scripted expert (a
+    candidate of known quality for rollout tests), loaded only when a policy names it."""
+
+    def expert(record: dict[str, Any]) -> ChunkPolicy:
+        from wamfleet.fleet_agent.sim.scripted_policy import ScriptedExpert
+
+        return ScriptedExpert.from_record(record)
+
+    return {"scripted-expert": expert}

@@ -27,6 +27,7 @@ from pydantic import SecretStr
 from tests.unit.serving.policy_support import tiny_policy
 from wamfleet.fleet_agent.sim.assigned import AssignedEpisode, AssignedRobotPlan, run_assigned_fleet
 from wamfleet.fleet_agent.sim.metaworld_robot import sawyer_embodiment
+from wamfleet.fleet_agent.sim.scripted_policy import write_scripted_policy
 from wamfleet.model.policy import load_policy, save_policy
 from wamfleet.platform.api.app import create_app
 from wamfleet.platform.api.server import serve_in_thread
@@ -72,7 +73,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         experiment = client.create_experiment("policies", artifact_location=(root / "artifacts").as_uri())
         good = tiny_policy(root / "v1", seed=0)
-        for directory in (good, tiny_policy(root / "v2", seed=1), nan_head(good, root / "v3")):
+        # Versions 4 and 5: the scripted reach expert, competent in every episode or in none:
+        # policies of known quality, served through the same `wamfleet serve` path as a WAM.
+        expert = write_scripted_policy(root / "v4", 1.0, ("reach-v3",), version=f"{MODEL}/4")
+        idle = write_scripted_policy(root / "v5", 0.0, ("reach-v3",), version=f"{MODEL}/5")
+        for directory in (good, tiny_policy(root / "v2", seed=1), nan_head(good, root / "v3"), expert, idle):
             with mlflow.start_run(experiment_id=experiment):
                 log_policy(directory, registered_model_name=MODEL)
     finally:
@@ -90,12 +95,14 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             yield Fleet(settings, api_url, admin, tokens, client)
         finally:
             app.state.platform.rollouts.backend.stop("1")
-            for version in ("2", "3"):
+            for version in ("2", "3", "4", "5"):
                 app.state.platform.rollouts.backend.stop(version)
             admin.close()
 
 
-def drive(fleet: Fleet, episodes: int, spool: Path) -> list[AssignedEpisode]:
+def drive(
+    fleet: Fleet, episodes: int, spool: Path, tasks: tuple[str, ...] = TASKS, max_steps: int = 40
+) -> list[AssignedEpisode]:
     """Each robot drives at least `episodes`, then on while the rollout is active (up to 4x that):
     how fast the controller decides must not decide whether the rollout can finish."""
     plans = [
@@ -103,11 +110,11 @@ def drive(fleet: Fleet, episodes: int, spool: Path) -> list[AssignedEpisode]:
             robot_id,
             fleet.api_url,
             token,
-            TASKS,
+            tasks,
             episodes,
             seed=k,
             image_size=96,
-            max_steps=40,
+            max_steps=max_steps,
             until_rollout_ends=4 * episodes,
         )
         for k, (robot_id, token) in enumerate(sorted(fleet.tokens.items()))
@@ -196,3 +203,39 @@ def test_corrupted_action_head_is_rolled_back_automatically(fleet: Fleet, tmp_pa
     assert str(fleet.registry.get_model_version_by_alias(MODEL, "champion").version) == champion
     with pytest.raises(mlflow.exceptions.MlflowException):
         fleet.registry.get_model_version_by_alias(MODEL, "candidate")
+
+
+def test_a_candidate_worse_on_the_robots_outcomes_is_rolled_back_by_the_success_gate(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """Not a broken head: the candidate answers every request with finite actions, on time, but
+    never reaches the goal, while the champion (the scripted expert) does. The statistical gate
+    on the robots' own outcomes rolls it back; no error or latency guardrail is involved."""
+    fleet.registry.set_registered_model_alias(MODEL, "champion", "4")
+    config = RolloutConfig(
+        shadow=False,
+        canary_percent=50,
+        canary_min_episodes=4,
+        canary_max_episodes=40,
+        guardrail_min_episodes=4,
+        success_margin=0.2,
+        confidence=0.9,
+        min_success=0.5,  # the verdict when the cohort draw leaves no champion robot
+        latency_p95_budget_ms=20_000,
+    )
+    info = fleet.admin.start_rollout(StartRollout(candidate="5", config=config, reason="worse policy"))
+    episodes = drive(fleet, 5, tmp_path / "spool", tasks=("reach-v3",), max_steps=50)
+    final = wait_for(fleet, info.rollout_id, {"rolled_back", "completed"})
+    check_whole_episodes(episodes)
+    assert final.stage == "rolled_back", [d.reason for d in final.decisions]
+    rollback = final.decisions[-1]
+    assert "success upper bound" in rollback.reason, rollback.reason
+    evidence = rollback.evidence
+    assert evidence is not None
+    assert evidence.candidate.errors == 0 and evidence.candidate.successes == 0
+    assert evidence.candidate.episodes >= config.guardrail_min_episodes
+    if evidence.champion.episodes:
+        assert evidence.champion.successes > 0  # the expert did reach the goal
+    champion_runs = [e for e in episodes if e.assigned_version == f"{MODEL}/4"]
+    assert champion_runs and any(e.success for e in champion_runs)
+    assert str(fleet.registry.get_model_version_by_alias(MODEL, "champion").version) == "4"
