@@ -154,7 +154,7 @@ def predictor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WAMPredictor
 
 @pytest.fixture(scope="module")
 def engine(predictor: WAMPredictor) -> PolicyEngine:
-    assert predictor.engine is not None
+    assert isinstance(predictor.engine, PolicyEngine)
     return predictor.engine
 
 

@@ -17,6 +17,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from tests.unit.serving.policy_support import nan_policy, tiny_policy, v2_body, v2_input
 from wamfleet.platform.contracts.protocol import packb, unpackb
+from wamfleet.serving.engine import PolicyEngine
 from wamfleet.serving.predictor import WAMPredictor
 from wamfleet.serving.server import INTERNAL_ERROR, policy_app
 
@@ -329,7 +330,7 @@ def test_websocket_sessions_belong_to_their_connection(client: TestClient, predi
             a.send_bytes(bytes(packb(obs(session))))
             assert ws_reply(a)["chunk_index"] == 3  # untouched by b's reset and frames
     engine = predictor.engine
-    assert engine is not None
+    assert isinstance(engine, PolicyEngine)
     owned = engine.sessions.get((first["session_token"], "default"))
     assert owned is not None and owned.chunk_index == 3
 
