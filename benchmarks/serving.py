@@ -44,7 +44,7 @@ def make_policy(directory: Path) -> Path:
 
 @contextmanager
 def served(policy: Path, max_batch: int) -> Iterator[str]:
-    with serve_subprocess(policy, extra_args=["--max-batch", str(max_batch), "--max-wait-ms", "5"]) as url:
+    with serve_subprocess(policy, extra_args=["--max-batch", str(max_batch)]) as url:
         yield url
 
 

@@ -271,13 +271,11 @@ class PolicyEngine:
         max_session_bytes: int | None = None,
         session_ttl_s: float = 600.0,
         max_batch: int = 8,
-        max_wait_ms: float = 5.0,
         seed: int = 0,
     ) -> None:
-        if max_batch < 1 or max_wait_ms < 0:
-            raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
         self.max_batch = max_batch
-        self.max_wait_s = max_wait_ms / 1000
         self.policy = policy
         self.version = version
         names = list(policy.embodiments)
@@ -516,29 +514,29 @@ class PolicyEngine:
         )
 
     def _worker(self) -> None:
-        """Collects up to max_batch requests (at most max_wait after the first), then runs them."""
-        carry: list[_Pending] = []
+        """Continuous batching: an idle worker runs a request at once; a batch is whatever queued
+        while the previous batch ran, up to max_batch. Nothing ever waits for company."""
+        backlog: list[_Pending] = []  # in arrival order
         while not self._stopping.is_set():
-            batch, carry = carry, []
-            if not batch:
+            if not backlog:
                 try:
-                    batch.append(self._queue.get(timeout=0.1))
+                    backlog.append(self._queue.get(timeout=0.1))
                 except queue.Empty:
                     continue
-            deadline = time.perf_counter() + self.max_wait_s
-            while len(batch) < self.max_batch:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
+            while True:
                 try:
-                    item = self._queue.get(timeout=remaining)
+                    backlog.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-                # One session's requests run in order: a second one waits for the next batch.
-                if any(p.request.key == item.request.key for p in batch):
-                    carry.append(item)
-                else:
+            # One session's requests run in order: only its oldest goes into this batch.
+            batch: list[_Pending] = []
+            keys: set[SessionKey] = set()
+            for item in backlog:
+                if len(batch) < self.max_batch and item.request.key not in keys:
                     batch.append(item)
+                    keys.add(item.request.key)
+            taken = {id(item) for item in batch}
+            backlog = [item for item in backlog if id(item) not in taken]
             self._run_batch(batch)
 
     @torch.no_grad()

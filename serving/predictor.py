@@ -106,7 +106,6 @@ class WAMPredictor(Model):
         dtype: str = "fp32",
         max_session_bytes: int | None = None,
         max_batch: int = 8,
-        max_wait_ms: float = 5.0,
         scripted: ScriptedLoaders | None = None,
     ) -> None:
         """`scripted`: how to build policies of other kinds (policy.json `kind`), e.g. the
@@ -114,7 +113,6 @@ class WAMPredictor(Model):
         super().__init__(name)
         self.scripted = dict(scripted or {})
         self.max_batch = max_batch
-        self.max_wait_ms = max_wait_ms
         self.location = location
         self.version = version
         self.embodiment = embodiment
@@ -144,7 +142,6 @@ class WAMPredictor(Model):
             embodiment=self.embodiment,
             max_session_bytes=self.max_session_bytes,
             max_batch=self.max_batch,
-            max_wait_ms=self.max_wait_ms,
         )
         self._warm_up()
         self.ready = True

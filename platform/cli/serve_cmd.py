@@ -43,7 +43,6 @@ def serve(
         typer.Option(min=0, help="Memory for session caches (default: max-batch sessions of this preset)."),
     ] = None,
     max_batch: Annotated[int, typer.Option(min=1, help="Sessions denoised together (1: no batching).")] = 8,
-    max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a request waits for others.")] = 5.0,
     max_message_mib: Annotated[
         float,
         typer.Option(
@@ -79,7 +78,6 @@ def serve(
         scripted=_scripted_loaders(),
         max_session_bytes=None if max_session_gib is None else int(max_session_gib * 2**30),
         max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
     )
     try:
         run(

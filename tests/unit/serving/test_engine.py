@@ -185,7 +185,7 @@ def test_concurrent_sessions_are_batched_and_each_caller_gets_its_own_result(tmp
     import threading
 
     policy = load_policy(tiny_policy(tmp_path / "p"))
-    batched = PolicyEngine(policy, version="v", max_batch=8, max_wait_ms=200)
+    batched = PolicyEngine(policy, version="v", max_batch=8)
     single = PolicyEngine(policy, version="v", max_batch=1)
     results: dict[str, InferResult] = {}
 
@@ -269,3 +269,20 @@ def test_sessions_belong_to_their_owner(engine: PolicyEngine) -> None:
     engine.reset("robot", owner="alice")
     assert engine.sessions.get(("alice", "robot")) is None
     assert engine.sessions.get(("mallory", "robot")) is not None
+
+
+def test_continuous_batching_never_waits_and_keeps_each_sessions_order(tmp_path: Path) -> None:
+    engine = PolicyEngine(load_policy(tiny_policy(tmp_path / "p")), version="v", max_batch=8)
+    try:
+        alone = engine.infer(request("solo"))
+        # An idle worker runs a lone request at once (it used to wait max_wait for company).
+        assert alone.timing.queue_ms < 50 and alone.timing.batch_size == 1
+        futures = [engine.submit(request(sid, frames=4)) for sid in ("a", "b", "a", "a", "b")]
+        results = [f.result() for f in futures]
+    finally:
+        engine.close()
+    by_session: dict[str, list[int]] = {}
+    for r in results:
+        by_session.setdefault(r.session_id, []).append(r.chunk_index)
+    assert by_session == {"a": [1, 2, 3], "b": [1, 2]}  # in order, one chunk per batch per session
+    assert max(r.timing.batch_size for r in results) <= 2  # never two of one session together
