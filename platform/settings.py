@@ -45,7 +45,10 @@ class Settings(BaseSettings):
         default=24 * 3600, gt=0, description="An upload session not committed within this time expires."
     )
     max_file_bytes: int = Field(
-        default=4 * 1024**3, gt=0, description="Largest single file an episode may declare (bytes)."
+        default=4 * 1024**3,
+        gt=0,
+        le=2**63 - 1,
+        description="Largest single file an episode may declare (bytes).",
     )
     mlflow_tracking_uri: str | None = Field(
         default=None,
@@ -61,7 +64,11 @@ class Settings(BaseSettings):
     )
     dashboard_anonymous_read: bool = Field(
         default=True,
-        description="Anyone reaching the API may view the dashboard (read-only); false: the admin token.",
+        description=(
+            "Anyone reaching the API may view the dashboard (read-only), every robot's episodes and their "
+            "signed video URLs included; meant for the embedded default on 127.0.0.1 (logs a WARNING "
+            "with any other api_host); false: viewing needs the admin token."
+        ),
     )
     ray_address: str | None = Field(
         default=None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +13,7 @@ from datetime import timedelta
 
 import anyio
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 
 from wamfleet.platform.api import dashboard, episodes, errors, objects, retrains, robots, rollouts, uploads
@@ -30,6 +32,15 @@ from wamfleet.platform.storage.local import LocalObjectStore
 log = logging.getLogger(__name__)
 EXPIRY_SWEEP_S = 60.0
 RETRAIN_REAP_S = 5.0  # how often finished retrain processes/KFP runs are noticed
+DESCRIPTION = """Robots upload episodes; engineers search and download them.
+
+Authentication: `Authorization: Bearer <token>`, the admin token or a robot's token. Errors are
+`{"detail": "<message naming the field or resource>"}`; a 422 for a request that does not match
+this schema lists the field errors instead (`loc` names the field; `input` echoes the value, with
+NaN and infinity as text).
+
+Times: ISO 8601. Query times without a UTC offset (`since`, `until`) are taken as UTC.
+"""
 
 
 def build_state(
@@ -63,6 +74,8 @@ def build_state(
 
 
 async def _sweep_expired(state: PlatformState) -> None:
+    """Expires overdue upload sessions; an expired session's half-committed episode (published,
+    never recorded) is removed with it, and logged by the ingest service."""
     while True:
         await asyncio.sleep(EXPIRY_SWEEP_S)
         try:
@@ -71,6 +84,28 @@ async def _sweep_expired(state: PlatformState) -> None:
                 log.info("expired %d upload sessions", expired)
         except Exception:
             log.exception("sweeping expired upload sessions failed")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the API on this machine (a name other than localhost: no)."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_exposed(settings: Settings) -> None:
+    """Anonymous reading is meant for the embedded one-machine default (127.0.0.1); on an
+    address others reach, anyone gets every robot's episodes, with signed video URLs."""
+    if settings.dashboard_anonymous_read and not is_loopback(settings.api_host):
+        log.warning(
+            "WAMFLEET_DASHBOARD_ANONYMOUS_READ is on and the API binds %s: anyone who reaches it can read "
+            "the dashboard, every robot's episodes and their signed video URLs, without a token. "
+            "Set WAMFLEET_DASHBOARD_ANONYMOUS_READ=false unless that is intended.",
+            settings.api_host,
+        )
 
 
 async def _retrain_loop(state: PlatformState) -> None:
@@ -119,6 +154,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        warn_if_exposed(settings)
         loops = (_sweep_expired(state), _retrain_loop(state), _rollout_loop(state))
         tasks = [asyncio.create_task(loop) for loop in loops]
         yield
@@ -134,10 +170,11 @@ def create_app(
     app = FastAPI(
         title="wamfleet platform",
         version="1",
-        description="Robots upload episodes; engineers search and download them.",
+        description=DESCRIPTION,
         lifespan=lifespan,
     )
     app.state.platform = state
+    app.add_exception_handler(RequestValidationError, errors.validation_error)
     app.add_exception_handler(IngestError, errors.ingest_error)
     app.add_exception_handler(InvalidKey, errors.invalid_key)
     app.add_exception_handler(StorageError, errors.storage_error)

@@ -9,9 +9,8 @@ no second way to change anything.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.responses import FileResponse
@@ -19,6 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from wamfleet.platform.api.auth import Viewer
+from wamfleet.platform.api.errors import responses
 from wamfleet.platform.api.model_versions import describe_versions
 from wamfleet.platform.api.state import PlatformState, get_state
 from wamfleet.platform.catalog import datasets, queries, retrains
@@ -46,6 +46,7 @@ from wamfleet.platform.contracts.episode import EpisodeManifest, EpisodeSource, 
 from wamfleet.platform.contracts.errors import describe_validation_error
 from wamfleet.platform.contracts.ids import SLUG_PATTERN
 from wamfleet.platform.contracts.ingest import EpisodePage
+from wamfleet.platform.contracts.limits import TIME_NOTE, Text, UtcDatetime
 from wamfleet.platform.contracts.retrain import RetrainRunInfo
 from wamfleet.platform.contracts.rollout import ACTIVE_STAGES
 from wamfleet.platform.storage.base import ObjectNotFound, StorageError
@@ -54,6 +55,12 @@ STATIC_DIR = Path(__file__).with_name("dashboard_static")
 router = APIRouter(prefix="/v1/dashboard", tags=["dashboard"])
 page = APIRouter(tags=["dashboard"])
 State = Annotated[PlatformState, Depends(get_state)]
+# Reading may need no token at all (WAMFLEET_DASHBOARD_ANONYMOUS_READ): say so in the schema.
+OPTIONAL_AUTH: dict[str, Any] = {"security": [{}, {"HTTPBearer": []}]}
+
+
+def _read(*codes: int) -> dict[str, Any]:
+    return {"responses": responses(401, *codes), "openapi_extra": OPTIONAL_AUTH}
 
 
 @page.get("/dashboard", include_in_schema=False)
@@ -61,7 +68,7 @@ def dashboard_page() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
 
-@router.get("/info", response_model=DashboardInfo)
+@router.get("/info", response_model=DashboardInfo, **_read())
 def info(viewer: Viewer, state: State) -> DashboardInfo:
     with state.catalog.session() as s:
         counts = DashboardCounts(
@@ -84,7 +91,7 @@ def info(viewer: Viewer, state: State) -> DashboardInfo:
     )
 
 
-@router.get("/robots", response_model=list[RobotRow])
+@router.get("/robots", response_model=list[RobotRow], **_read())
 def robots(_: Viewer, state: State) -> list[RobotRow]:
     with state.catalog.session() as s:
         episodes = dict(
@@ -108,16 +115,16 @@ def robots(_: Viewer, state: State) -> list[RobotRow]:
     return rows
 
 
-@router.get("/episodes", response_model=EpisodePage)
+@router.get("/episodes", response_model=EpisodePage, **_read(422))
 def episodes(
     _: Viewer,
     state: State,
     robot_id: Annotated[str | None, Query(pattern=SLUG_PATTERN)] = None,
-    task: Annotated[str | None, Query(max_length=200, description="Substring of the instruction.")] = None,
+    task: Annotated[Text | None, Query(max_length=200, description="Substring of the instruction.")] = None,
     success: bool | None = None,
     source: EpisodeSource | None = None,
-    policy_version: Annotated[str | None, Query(max_length=200)] = None,
-    since: datetime | None = None,
+    policy_version: Annotated[Text | None, Query(max_length=200)] = None,
+    since: Annotated[UtcDatetime | None, Query(description=f"Recorded at or after ({TIME_NOTE}).")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: uuid.UUID | None = None,
 ) -> EpisodePage:
@@ -134,7 +141,7 @@ def episodes(
         return queries.episode_page(s, where, limit, after=str(cursor) if cursor else None, newest_first=True)
 
 
-@router.get("/episodes/{episode_id}", response_model=EpisodeMedia)
+@router.get("/episodes/{episode_id}", response_model=EpisodeMedia, **_read(404, 422, 503))
 def episode_media(episode_id: uuid.UUID, _: Viewer, state: State) -> EpisodeMedia:
     """The episode with a signed URL per camera video, for a <video> element to play."""
     with state.catalog.session() as s:
@@ -174,7 +181,7 @@ def _curated(state: PlatformState, run: RetrainRun) -> CuratedView:
     return view
 
 
-@router.get("/datasets", response_model=list[DatasetView])
+@router.get("/datasets", response_model=list[DatasetView], **_read(422))
 def dataset_views(
     _: Viewer, state: State, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> list[DatasetView]:
@@ -204,14 +211,14 @@ def dataset_views(
     return views
 
 
-@router.get("/models", response_model=ModelsView)
+@router.get("/models", response_model=ModelsView, **_read())
 def models(_: Viewer, state: State) -> ModelsView:
     return describe_versions(
         state.rollouts.registry.client, state.settings.registered_model, state.settings.mlflow_ui_url
     )
 
 
-@router.get("/retrains", response_model=list[RetrainRunInfo])
+@router.get("/retrains", response_model=list[RetrainRunInfo], **_read(422))
 def retrain_runs(
     _: Viewer, state: State, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> list[RetrainRunInfo]:
@@ -219,7 +226,7 @@ def retrain_runs(
         return [retrains.run_info(r) for r in retrains.list_runs(s, limit=limit)]
 
 
-@router.get("/rollouts", response_model=list[RolloutView])
+@router.get("/rollouts", response_model=list[RolloutView], **_read(422))
 def rollouts(_: Viewer, state: State, limit: Annotated[int, Query(ge=1, le=200)] = 20) -> list[RolloutView]:
     """Newest first; an active rollout also carries the evidence its gates see right now."""
     controller = state.rollouts

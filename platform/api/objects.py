@@ -13,6 +13,7 @@ import anyio
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import FileResponse
 
+from wamfleet.platform.api.errors import responses
 from wamfleet.platform.api.state import PlatformState, get_state
 from wamfleet.platform.storage.base import InvalidKey, ObjectNotFound
 from wamfleet.platform.storage.local import LocalObjectStore
@@ -39,7 +40,9 @@ def _verify(store: LocalObjectStore, method: str, key: str, expires: int, signat
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(exc)) from None
 
 
-@router.put("/{key:path}", status_code=status.HTTP_200_OK)
+@router.put(
+    "/{key:path}", status_code=status.HTTP_200_OK, responses=responses(400, 403, 404, 409, 413, 422, 503)
+)
 async def put_object(
     key: str, expires: int, signature: str, request: Request, state: State
 ) -> dict[str, int]:
@@ -49,7 +52,7 @@ async def put_object(
     if limit is None:
         raise HTTPException(status.HTTP_409_CONFLICT, detail="no open upload session expects this file")
     declared = request.headers.get("content-length")
-    if declared is not None and int(declared) > limit:
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise HTTPException(
             status.HTTP_413_CONTENT_TOO_LARGE, detail=f"{declared} bytes exceeds the declared size {limit}"
         )
@@ -65,7 +68,13 @@ async def put_object(
     return {"size": received}
 
 
-@router.get("/{key:path}")
+@router.get(
+    "/{key:path}",
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The object's bytes"},
+        **responses(400, 403, 404, 422),
+    },
+)
 def get_object(key: str, expires: int, signature: str, state: State) -> FileResponse:
     store = _local_store(state)
     _verify(store, "GET", key, expires, signature)

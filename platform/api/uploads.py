@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response, status
 
 from wamfleet.platform.api.auth import RobotPrincipal
+from wamfleet.platform.api.errors import responses
 from wamfleet.platform.api.state import PlatformState, get_state
 from wamfleet.platform.catalog import queries
 from wamfleet.platform.contracts.ingest import EpisodeSummary, UploadRequest, UploadTicket
@@ -16,7 +17,15 @@ router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 State = Annotated[PlatformState, Depends(get_state)]
 
 
-@router.post("", response_model=UploadTicket, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "",
+    response_model=UploadTicket,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"model": UploadTicket, "description": "The episode is already committed"},
+        **responses(400, 401, 403, 409, 413, 422, 503),
+    },
+)
 def open_upload(body: UploadRequest, robot: RobotPrincipal, state: State, response: Response) -> UploadTicket:
     """Opens (or resumes) the upload session of an episode; one upload URL per file.
 
@@ -30,12 +39,16 @@ def open_upload(body: UploadRequest, robot: RobotPrincipal, state: State, respon
     return ticket
 
 
-@router.get("/{session_id}", response_model=UploadTicket)
+@router.get("/{session_id}", response_model=UploadTicket, responses=responses(401, 403, 404, 422, 503))
 def get_upload(session_id: uuid.UUID, robot: RobotPrincipal, state: State) -> UploadTicket:
     return state.ingest.get_ticket(robot, str(session_id))
 
 
-@router.post("/{session_id}/commit", response_model=EpisodeSummary)
+@router.post(
+    "/{session_id}/commit",
+    response_model=EpisodeSummary,
+    responses=responses(401, 403, 404, 409, 410, 422, 503),
+)
 def commit_upload(session_id: uuid.UUID, robot: RobotPrincipal, state: State) -> EpisodeSummary:
     """Verifies every file (size and sha256) and records the episode. Idempotent."""
     episode = state.ingest.commit(robot, str(session_id))

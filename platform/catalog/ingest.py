@@ -6,6 +6,12 @@ writes, hashes the final copies, writes the manifest, and records the episode in
 transaction. Every step can be repeated, so a commit retried after a crash or a restart of
 the platform finishes the same way; a robot's late write to staging can never change an
 accepted episode.
+
+The final keys never keep an episode the catalog lacks: a commit whose catalog insert fails
+removes what it published, and one that died between publishing and recording is finished by
+the robot's retry or, once its session expires, removed by the sweeper. Recording, that
+removal and the sweeper hold the episode's lock (`queries.lock_episode`), and recording checks
+under it that the published bundle is still whole, so a removal never races a recording.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from sqlalchemy.orm import Session
 from wamfleet.platform.catalog import queries
 from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.catalog.tables import Episode, Robot, UploadSession
-from wamfleet.platform.contracts.episode import MANIFEST_FILE, EpisodeManifest
+from wamfleet.platform.contracts.episode import MANIFEST_FILE, EpisodeManifest, bundle_prefix
 from wamfleet.platform.contracts.ingest import UploadTarget, UploadTicket
 from wamfleet.platform.storage.base import ObjectNotFound, ObjectStore, StorageError
 
@@ -60,6 +66,22 @@ class TooLarge(IngestError):
 
 class Invalid(IngestError):
     status_code = 422
+
+
+class Unavailable(IngestError):
+    status_code = 503
+
+
+class _BundleChanged(Exception):
+    """What this attempt published was removed or replaced before it could be recorded."""
+
+
+MAX_PUBLISH_ATTEMPTS = 3
+
+
+def manifest_bytes(manifest: EpisodeManifest) -> bytes:
+    """The manifest exactly as the platform stores it (and hashes it for the catalog)."""
+    return manifest.model_dump_json(indent=2).encode()
 
 
 def staging_key(session_id: str, path: str) -> str:
@@ -212,41 +234,114 @@ class IngestService:
             return episode
         if upload.status == "expired" or upload.expires_at <= queries.now():
             raise Gone(f"upload session {session_id} has expired; open a new one")
-        attempt = uuid.uuid4().hex
+        for _ in range(MAX_PUBLISH_ATTEMPTS):
+            attempt = uuid.uuid4().hex
+            try:
+                self._publish(session_id, attempt, manifest)
+            except (Invalid, ObjectNotFound):
+                # A concurrent commit of this session may have finished and cleared the staging.
+                episode = self._committed(upload.episode_id, upload.manifest_sha256)
+                if episode is not None:
+                    return episode
+                raise
+            finally:
+                self._tidy([scratch_key(session_id, attempt, e.path) for e in manifest.files])
+            try:
+                episode = self._record(robot, session_id, manifest, upload.manifest_sha256)
+            except _BundleChanged:
+                continue  # a concurrent failed commit removed what this one published: publish again
+            except IntegrityError:
+                # A concurrent commit of the same episode won the race; it did the same work.
+                winner = self._committed(upload.episode_id, upload.manifest_sha256)
+                if winner is None:
+                    self._unpublish(manifest, "recording it in the catalog failed")
+                    raise
+                return winner
+            except BaseException as exc:
+                self._unpublish(manifest, f"recording it in the catalog failed ({type(exc).__name__}: {exc})")
+                raise
+            self._step("recorded")
+            self._tidy([staging_key(session_id, e.path) for e in manifest.files])
+            return episode
+        raise Unavailable(
+            f"episode {manifest.episode_id}: concurrent commits kept removing each other's files; retry"
+        )
+
+    def _record(self, robot: Robot, session_id: str, manifest: EpisodeManifest, digest: str) -> Episode:
+        """Records the published episode in one transaction, under the episode's lock."""
+        episode_id = str(manifest.episode_id)
+        with self.catalog.session() as s:
+            queries.lock_episode(s, episode_id)
+            existing = queries.get_episode(s, episode_id)
+            if existing is not None:
+                if existing.manifest_sha256 != digest:
+                    raise Conflict(f"episode {episode_id} is already committed with a different manifest")
+                return existing
+            stored = queries.get_upload_session(s, session_id)
+            assert stored is not None
+            if stored.status != "open":
+                raise Gone(f"upload session {session_id} has expired; open a new one")
+            if not self._published_whole(manifest):
+                raise _BundleChanged(episode_id)
+            episode = queries.add_episode(s, manifest)
+            stored.status = "committed"
+            stored.committed_at = queries.now()
+            queries.audit(
+                s,
+                f"robot:{robot.robot_id}",
+                "episode.commit",
+                episode_id,
+                upload=session_id,
+                bytes=manifest.total_bytes,
+            )
+            s.flush()  # a value the catalog cannot store fails here, while the transaction is open
+            self._step("recording")
+        return episode
+
+    def _published_whole(self, manifest: EpisodeManifest) -> bool:
+        """Whether the final keys hold this manifest and files of the sizes it lists."""
         try:
-            self._publish(session_id, attempt, manifest)
-        except (Invalid, ObjectNotFound):
-            # A concurrent commit of this session may have finished and cleared the staging.
-            episode = self._committed(upload.episode_id, upload.manifest_sha256)
-            if episode is not None:
-                return episode
-            raise
-        finally:
-            self._tidy([scratch_key(session_id, attempt, e.path) for e in manifest.files])
+            if self.store.get_bytes(manifest.prefix + MANIFEST_FILE) != manifest_bytes(manifest):
+                return False
+            return all(self.store.stat(manifest.prefix + e.path).size == e.size for e in manifest.files)
+        except ObjectNotFound:
+            return False
+
+    def _remove_published(self, prefix: str) -> list[str]:
+        """Deletes an unrecorded episode's final keys, the manifest (its commit marker) first."""
+        keys = sorted(
+            (info.key for info in self.store.list(prefix)), key=lambda k: k != prefix + MANIFEST_FILE
+        )
+        for key in keys:
+            self.store.delete(key)
+        return keys
+
+    def _unpublish(self, manifest: EpisodeManifest, why: str) -> None:
+        """After a failed recording: removes what was published, unless a concurrent commit
+        recorded the episode meanwhile. If this fails too, the sweeper removes it later."""
+        episode_id = str(manifest.episode_id)
         try:
             with self.catalog.session() as s:
-                episode = queries.add_episode(s, manifest)
-                stored = queries.get_upload_session(s, session_id)
-                assert stored is not None
-                stored.status = "committed"
-                stored.committed_at = queries.now()
-                queries.audit(
-                    s,
-                    f"robot:{robot.robot_id}",
-                    "episode.commit",
-                    str(manifest.episode_id),
-                    upload=session_id,
-                    bytes=manifest.total_bytes,
-                )
-        except IntegrityError:
-            # A concurrent commit of the same episode won the race; it did the same work.
-            winner = self._committed(upload.episode_id, upload.manifest_sha256)
-            if winner is None:
-                raise
-            return winner
-        self._step("recorded")
-        self._tidy([staging_key(session_id, e.path) for e in manifest.files])
-        return episode
+                queries.lock_episode(s, episode_id)
+                if queries.get_episode(s, episode_id) is not None:
+                    return
+                removed = self._remove_published(manifest.prefix)
+        except Exception as exc:  # noqa: BLE001 - the original error is what the caller reports
+            log.error(
+                "episode %s: %s after publishing, and removing what was published failed too (%s); "
+                "the sweeper removes it once the upload session expires",
+                episode_id,
+                why,
+                exc,
+            )
+            return
+        if removed:
+            log.warning(
+                "episode %s: %s after publishing; removed its %d published objects",
+                episode_id,
+                why,
+                len(removed),
+            )
 
     def _discard_staged(self, session_id: str, path: str) -> None:
         """A staged file that cannot be right goes, so the robot sees it as not received and re-sends."""
@@ -297,15 +392,21 @@ class IngestService:
                 scratch_key(session_id, attempt, entry.path), manifest.prefix + entry.path, entry.size
             )
         self._step("published")
-        self.store.put_bytes(manifest.prefix + MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
+        self.store.put_bytes(manifest.prefix + MANIFEST_FILE, manifest_bytes(manifest))
         self._step("manifest-written")
 
     def expire_stale_sessions(self) -> int:
-        """Expires overdue sessions, then removes staged and scratch files no open session owns."""
+        """Expires overdue sessions (removing any episode one published but never recorded), then
+        removes staged and scratch files no open session owns. Returns how many expired."""
         with self.catalog.session() as s:
-            stale = queries.expire_upload_sessions(s)
-            for upload in stale:
-                queries.audit(s, "platform", "upload.expire", upload.episode_id, upload=upload.session_id)
+            stale = [(u.session_id, u.episode_id) for u in queries.stale_upload_sessions(s)]
+        expired = 0
+        for session_id, episode_id in stale:
+            try:
+                expired += self._expire(session_id, episode_id)
+            except Exception:
+                # The session stays open (and past due): the next sweep tries again.
+                log.exception("expiring upload session %s (episode %s) failed", session_id, episode_id)
         orphans: dict[str, list[str]] = {}
         for prefix in ("uploads/", "commits/"):
             for info in self.store.list(prefix):
@@ -316,4 +417,34 @@ class IngestService:
             for session_id, keys in orphans.items():
                 if session_id not in still_open:
                     self._tidy(keys)
-        return len(stale)
+        return expired
+
+    def _expire(self, session_id: str, episode_id: str) -> bool:
+        """Expires one session under its episode's lock; if the catalog lacks the episode and no
+        other session of it is open, whatever was published under its final keys goes too."""
+        with self.catalog.session() as s:
+            queries.lock_episode(s, episode_id)
+            upload = queries.get_upload_session(s, session_id)
+            if upload is None or upload.status != "open" or upload.expires_at > queries.now():
+                return False  # committed or renewed meanwhile
+            upload.status = "expired"
+            queries.audit(s, "platform", "upload.expire", episode_id, upload=session_id)
+            removed: list[str] = []
+            if queries.get_episode(s, episode_id) is None and not queries.open_sessions_of_episode(
+                s, episode_id
+            ):
+                removed = self._remove_published(bundle_prefix(upload.robot_id, episode_id))
+                if removed:
+                    queries.audit(
+                        s, "platform", "episode.orphan.remove", episode_id, upload=session_id, keys=removed
+                    )
+        if removed:
+            log.warning(
+                "removed episode %s from the object store: upload session %s published it but it was "
+                "never recorded in the catalog (%d objects: %s)",
+                episode_id,
+                session_id,
+                len(removed),
+                ", ".join(removed),
+            )
+        return True

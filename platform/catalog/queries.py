@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from wamfleet.platform.catalog.tables import AuditEntry, Embodiment, Episode, EpisodeTag, Robot, UploadSession
@@ -18,6 +18,7 @@ from wamfleet.platform.contracts.episode import EpisodeManifest, EpisodeSource, 
 from wamfleet.platform.contracts.ingest import EpisodePage, EpisodeSummary, RobotInfo
 
 TOKEN_PREFIX = "wfr_"
+EPISODE_LOCK_CLASS = 0x7766_6570  # "wfep": advisory locks of episodes, keyed by a hash of the id
 
 
 def now() -> datetime:
@@ -306,6 +307,43 @@ def committed_session(session: Session, episode_id: str) -> UploadSession | None
             UploadSession.episode_id == episode_id, UploadSession.status == "committed"
         )
     ).first()
+
+
+def lock_episode(session: Session, episode_id: str) -> None:
+    """Holds the episode's lock until the transaction ends: commits, their rollbacks and the
+    sweeper change an episode's final keys and its catalog row only while holding it."""
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        # The two-int4 key space never overlaps the single-bigint one (the retrain lock's).
+        key = int.from_bytes(hashlib.sha256(episode_id.encode()).digest()[:4], "big", signed=True)
+        session.execute(select(func.pg_advisory_xact_lock(EPISODE_LOCK_CLASS, key)))
+    else:
+        # SQLite has one writer at a time: any write, even of no row, takes the lock until commit.
+        session.execute(
+            update(UploadSession)
+            .where(UploadSession.episode_id == episode_id)
+            .values(status=UploadSession.status)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def open_sessions_of_episode(session: Session, episode_id: str) -> list[UploadSession]:
+    return list(
+        session.scalars(
+            select(UploadSession).where(
+                UploadSession.episode_id == episode_id, UploadSession.status == "open"
+            )
+        )
+    )
+
+
+def stale_upload_sessions(session: Session) -> list[UploadSession]:
+    """Open sessions past their expiry (the sweeper ends them one at a time)."""
+    return list(
+        session.scalars(
+            select(UploadSession).where(UploadSession.status == "open", UploadSession.expires_at <= now())
+        )
+    )
 
 
 def open_session_ids(session: Session, session_ids: list[str]) -> set[str]:

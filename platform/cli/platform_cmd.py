@@ -41,5 +41,8 @@ def serve(
     from wamfleet.platform.api.app import create_app
 
     settings = ensure_admin_token(load_settings())
+    # The app warns about anonymous dashboard reads by the address it is really bound to.
+    overrides = {"api_host": host, "api_port": port}
+    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     app_ = create_app(settings)
-    uvicorn.run(app_, host=host or settings.api_host, port=port or settings.api_port, log_level="info")
+    uvicorn.run(app_, host=settings.api_host, port=settings.api_port, log_level="info")

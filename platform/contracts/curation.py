@@ -17,6 +17,8 @@ from typing import Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from wamfleet.platform.contracts.limits import INT8_MAX, Text
+
 CURATED_FORMAT: Final = 1
 
 DropReason = Literal[
@@ -40,10 +42,10 @@ def curated_key(snapshot_hash: str, dataset_hash: str) -> str:
 class CurationRecipe(BaseModel):
     """Thresholds of every filter; part of the dataset hash, so a changed recipe is a new dataset."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     min_frames: int = Field(
-        default=32, ge=1, description="episodes shorter than this (after trimming) are dropped"
+        default=32, ge=1, le=INT8_MAX, description="episodes shorter than this (after trimming) are dropped"
     )
     holdout_fraction: float = Field(
         default=0.1, ge=0, lt=1, description="episodes set aside for offline eval"
@@ -55,12 +57,15 @@ class CurationRecipe(BaseModel):
         description="cosine similarity of near-duplicates (same task and embodiment)",
     )
     max_per_environment: int = Field(
-        default=0, ge=0, description="episodes kept per (task, environment); 0: no cap"
+        default=0, ge=0, le=INT8_MAX, description="episodes kept per (task, environment); 0: no cap"
     )
     max_per_task: int = Field(
-        default=0, ge=0, description="episodes kept per task, round-robin over environments; 0: no cap"
+        default=0,
+        ge=0,
+        le=INT8_MAX,
+        description="episodes kept per task, round-robin over environments; 0: no cap",
     )
-    environment_tags: list[str] = Field(
+    environment_tags: list[Text] = Field(
         default_factory=lambda: ["layout-seed", "scene"],
         description="tags that name an environment, with site",
     )
@@ -92,8 +97,12 @@ class CurationRecipe(BaseModel):
         ge=0,
         description="per-frame change (fraction of the episode's range) below which state/action is idle",
     )
-    embedding_frames: int = Field(default=16, ge=2, description="frames per camera in the embedding")
-    thumbnail_size: int = Field(default=16, ge=2, description="side of the grayscale embedding thumbnails")
+    embedding_frames: int = Field(
+        default=16, ge=2, le=INT8_MAX, description="frames per camera in the embedding"
+    )
+    thumbnail_size: int = Field(
+        default=16, ge=2, le=INT8_MAX, description="side of the grayscale embedding thumbnails"
+    )
 
 
 class CuratedEpisode(BaseModel):

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from wamfleet.platform.contracts.episode import EpisodeSource
+from wamfleet.platform.contracts.limits import INT8_MAX, Text, assume_utc
 
 SNAPSHOT_FORMAT: Final = 1
 DATASETS_PREFIX: Final = "datasets"
@@ -34,12 +35,12 @@ class SnapshotQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    embodiment: str | None = None
-    tasks: list[str] = Field(default_factory=list, description="exact task instructions; empty: all")
+    embodiment: Text | None = None
+    tasks: list[Text] = Field(default_factory=list, description="exact task instructions; empty: all")
     sources: list[EpisodeSource] = Field(default_factory=list, description="empty: every source")
-    since: AwareDatetime | None = None
-    until: AwareDatetime | None = None
-    max_episodes: int | None = Field(default=None, gt=0, description="newest first when capped")
+    since: Annotated[AwareDatetime, AfterValidator(assume_utc)] | None = None
+    until: Annotated[AwareDatetime, AfterValidator(assume_utc)] | None = None
+    max_episodes: int | None = Field(default=None, gt=0, le=INT8_MAX, description="newest first when capped")
 
 
 class SnapshotEpisode(BaseModel):

@@ -12,12 +12,14 @@ from typing import Final, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from wamfleet.platform.contracts.ids import SLUG_PATTERN
+from wamfleet.platform.contracts.limits import INT4_MAX, Text
 
 EMBODIMENT_SCHEMA_VERSION: Final = 1
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Finite floats only: NaN or infinity in a stored spec would make every later read of it fail.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class CameraSpec(_Strict):
@@ -67,20 +69,20 @@ class NormStats(_Strict):
 
 class EmbodimentRef(_Strict):
     name: str = Field(pattern=SLUG_PATTERN)
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=INT4_MAX)  # the catalog's Integer column
 
 
 class EmbodimentSpec(_Strict):
     schema_version: Literal[1] = EMBODIMENT_SCHEMA_VERSION
     name: str = Field(pattern=SLUG_PATTERN)
-    version: int = Field(default=1, ge=1)
+    version: int = Field(default=1, ge=1, le=INT4_MAX)
     cameras: list[CameraSpec] = Field(min_length=1)
     fps: float = Field(gt=0, le=1000)
-    state_names: list[str] = Field(default_factory=list)  # empty for camera-only sources (human video)
-    action_names: list[str] = Field(default_factory=list)
+    state_names: list[Text] = Field(default_factory=list)  # empty for camera-only sources (human video)
+    action_names: list[Text] = Field(default_factory=list)
     action_representation: ActionRepresentation = ActionRepresentation.absolute
     norm_stats: NormStats | None = None
-    description: str = ""
+    description: Text = ""
 
     @field_validator("state_names", "action_names")
     @classmethod

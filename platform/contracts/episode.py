@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Final, Literal, Self
 
@@ -23,7 +23,8 @@ from pydantic import (
 )
 
 from wamfleet.platform.contracts.embodiment import CameraSpec, EmbodimentRef
-from wamfleet.platform.contracts.ids import SLUG_PATTERN, is_uuid7
+from wamfleet.platform.contracts.ids import SLUG_PATTERN, is_slug, is_uuid7
+from wamfleet.platform.contracts.limits import INT4_MAX, INT8_MAX, Text, no_nul
 
 MANIFEST_SCHEMA_VERSION: Final = 1
 MANIFEST_FILE = "manifest.json"
@@ -51,49 +52,52 @@ class EpisodeSource(StrEnum):
 
 
 class Outcome(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     success: bool | None = None
     progress: float | None = Field(default=None, ge=0.0, le=1.0)
-    interventions: int = Field(default=0, ge=0)
+    interventions: int = Field(default=0, ge=0, le=INT4_MAX)
 
 
 class FileEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    path: str = Field(min_length=1, max_length=255)
-    size: int = Field(ge=0)
+    path: Text = Field(min_length=1, max_length=255)
+    size: int = Field(ge=0, le=INT8_MAX)
     sha256: str
 
     @field_validator("sha256")
     @classmethod
     def _hex_digest(cls, value: str) -> str:
-        if not _SHA256.match(value):
+        if not _SHA256.fullmatch(value):
             raise ValueError("must be 64 lowercase hex characters")
         return value
 
 
 class EpisodeManifest(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Every number is bounded by the catalog column it is indexed in (Integer is int4 on
+    PostgreSQL), so a manifest the catalog cannot record is refused when the upload opens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     schema_version: Literal[1] = MANIFEST_SCHEMA_VERSION
     episode_id: uuid.UUID
     robot_id: str = Field(pattern=SLUG_PATTERN)
     embodiment: EmbodimentRef
-    task: str = Field(min_length=1, max_length=MAX_TASK_CHARS)
+    task: Text = Field(min_length=1, max_length=MAX_TASK_CHARS)
     site: str | None = Field(default=None, pattern=SLUG_PATTERN)
     tags: dict[str, str] = Field(default_factory=dict)
     source: EpisodeSource = EpisodeSource.teleop
     fps: float = Field(gt=0, le=1000)
-    num_frames: int = Field(ge=1)
+    num_frames: int = Field(ge=1, le=INT4_MAX)
     started_at: AwareDatetime
     cameras: list[CameraSpec] = Field(min_length=1)
-    state_names: list[str] = Field(default_factory=list)
-    action_names: list[str] = Field(default_factory=list)
+    state_names: list[Text] = Field(default_factory=list)
+    action_names: list[Text] = Field(default_factory=list)
     has_actions: bool
-    policy_version: str | None = Field(default=None, max_length=200)
+    policy_version: Text | None = Field(default=None, max_length=200)
     outcome: Outcome = Field(default_factory=Outcome)
-    recorder: str = Field(default="", max_length=200)
+    recorder: Text = Field(default="", max_length=200)
     files: list[FileEntry] = Field(min_length=2)
 
     @field_validator("episode_id")
@@ -117,11 +121,22 @@ class EpisodeManifest(BaseModel):
         if len(tags) > 32:
             raise ValueError("at most 32 tags")
         for key, value in tags.items():
-            if not re.match(SLUG_PATTERN, key):
+            if not is_slug(key):
                 raise ValueError(f"tag key {key!r} must match {SLUG_PATTERN}")
             if len(value) > 200:
                 raise ValueError(f"tag {key!r}: value longer than 200 characters")
+            no_nul(value)
         return tags
+
+    @field_validator("started_at")
+    @classmethod
+    def _in_utc_range(cls, value: datetime) -> datetime:
+        # The catalog stores UTC; a time that cannot be converted would fail the insert instead.
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("out of range once converted to UTC") from None
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -142,6 +157,12 @@ class EpisodeManifest(BaseModel):
             missing = sorted(expected - set(paths))
             extra = sorted(set(paths) - expected)
             raise ValueError(f"files: missing {missing}, unexpected {extra}")
+        if self.total_bytes > INT8_MAX:
+            raise ValueError(f"files: {self.total_bytes} bytes in all, more than the catalog holds")
+        try:
+            self.ended_at.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("started_at: the episode would end out of the datetime range") from None
         return self
 
     @property

@@ -14,7 +14,8 @@ _SLUG = re.compile(SLUG_PATTERN)
 
 
 def is_slug(value: str) -> bool:
-    return bool(_SLUG.match(value))
+    # fullmatch: with `match`, `$` also matches before a trailing newline ("robot-1\n").
+    return _SLUG.fullmatch(value) is not None
 
 
 def new_episode_id(timestamp_ms: int | None = None) -> uuid.UUID:

@@ -11,17 +11,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from wamfleet.platform.contracts.embodiment import EmbodimentRef
 from wamfleet.platform.contracts.episode import EpisodeManifest, EpisodeSource, Outcome
 from wamfleet.platform.contracts.ids import SLUG_PATTERN
+from wamfleet.platform.contracts.limits import Text
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class RobotRegistration(_Message):
     robot_id: str = Field(pattern=SLUG_PATTERN)
     embodiment: str = Field(pattern=SLUG_PATTERN)
     site: str | None = Field(default=None, pattern=SLUG_PATTERN)
-    description: str = Field(default="", max_length=500)
+    description: Text = Field(default="", max_length=500)
 
 
 class RobotToken(_Message):

@@ -12,10 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from wamfleet.platform.contracts.curation import CurationRecipe
 from wamfleet.platform.contracts.dataset import SnapshotQuery
+from wamfleet.platform.contracts.limits import INT8_MAX, INT8_MIN, Text
 
 
 class RetrainParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     snapshot: SnapshotQuery = Field(default_factory=SnapshotQuery)
     recipe: CurationRecipe = Field(default_factory=CurationRecipe)
@@ -25,22 +26,26 @@ class RetrainParams(BaseModel):
     )
     preset: str = Field(default="tiny", description="model preset when training a new model")
     mode: Literal["lora", "full"] = "full"
-    lora_rank: int = Field(default=4, ge=1)
-    steps: int = Field(default=150, gt=0)
-    batch_size: int = Field(default=8, gt=0)
+    lora_rank: int = Field(default=4, ge=1, le=INT8_MAX)
+    steps: int = Field(default=150, gt=0, le=INT8_MAX)
+    batch_size: int = Field(default=8, gt=0, le=INT8_MAX)
     lr: float = Field(default=3e-3, gt=0)
-    curation_workers: int = Field(default=2, ge=0, description="Ray Data curation workers (0: in-process)")
-    workers: int = Field(default=1, ge=1, description="Ray Train data-parallel workers")
+    curation_workers: int = Field(
+        default=2, ge=0, le=INT8_MAX, description="Ray Data curation workers (0: in-process)"
+    )
+    workers: int = Field(default=1, ge=1, le=INT8_MAX, description="Ray Train data-parallel workers")
     use_gpu: bool = False
-    seed: int = 0
-    eval_episodes: int = Field(default=2, ge=0, description="closed-loop episodes per task (0: offline only)")
+    seed: int = Field(default=0, ge=INT8_MIN, le=INT8_MAX)
+    eval_episodes: int = Field(
+        default=2, ge=0, le=INT8_MAX, description="closed-loop episodes per task (0: offline only)"
+    )
     eval_tasks: list[str] = Field(
         default_factory=list, description="Meta-World tasks; empty: the dataset's tasks"
     )
     heldout_tasks: list[str] = Field(
         default_factory=list, description="tasks never trained on, evaluated apart"
     )
-    eval_max_steps: int = Field(default=150, gt=0)
+    eval_max_steps: int = Field(default=150, gt=0, le=INT8_MAX)
     gate_margin: float = Field(
         default=0.1, ge=0, le=1, description="candidate if success >= champion success - margin"
     )
@@ -52,9 +57,9 @@ class RetrainParams(BaseModel):
 class RetrainRequest(BaseModel):
     """Body of POST /v1/retrains."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    reason: str = Field(default="", max_length=500)
+    reason: Text = Field(default="", max_length=500)
     params: RetrainParams = Field(default_factory=RetrainParams)
     force: bool = Field(default=False, description="start even if another retrain is queued or running")
 

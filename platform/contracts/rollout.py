@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from wamfleet.platform.contracts.limits import INT8_MAX, Text
+
 Stage = Literal["shadow", "canary", "full", "completed", "rolled_back", "aborted"]
 ACTIVE_STAGES: tuple[Stage, ...] = ("shadow", "canary", "full")
 FINAL_STAGES: tuple[Stage, ...] = ("completed", "rolled_back", "aborted")
@@ -31,13 +33,15 @@ TAG_ROLLOUT = "rollout.id"
 class RolloutConfig(BaseModel):
     """Percentages, minimum durations and the gate's bounds; stored with the rollout."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     shadow: bool = Field(default=True, description="start with a shadow stage")
     shadow_percent: float = Field(
         default=100.0, gt=0, le=100, description="robots that mirror to the candidate"
     )
-    shadow_min_episodes: int = Field(default=3, ge=0, description="shadowed episodes before canary")
+    shadow_min_episodes: int = Field(
+        default=3, ge=0, le=INT8_MAX, description="shadowed episodes before canary"
+    )
     shadow_min_duration_s: float = Field(default=0.0, ge=0)
     shadow_max_action_mse: float = Field(
         default=1.0,
@@ -47,17 +51,22 @@ class RolloutConfig(BaseModel):
     canary_percent: float = Field(
         default=25.0, gt=0, le=100, description="sticky cohort share, by robot id hash"
     )
-    canary_min_episodes: int = Field(default=10, ge=1, description="candidate episodes before promotion")
+    canary_min_episodes: int = Field(
+        default=10, ge=1, le=INT8_MAX, description="candidate episodes before promotion"
+    )
     canary_max_episodes: int = Field(
-        default=60, ge=1, description="no confident verdict by then: roll back (bounds every canary)"
+        default=60,
+        ge=1,
+        le=INT8_MAX,
+        description="no confident verdict by then: roll back (bounds every canary)",
     )
     canary_min_duration_s: float = Field(default=0.0, ge=0)
     full_min_episodes: int = Field(
-        default=10, ge=0, description="episodes in full before the rollout completes"
+        default=10, ge=0, le=INT8_MAX, description="episodes in full before the rollout completes"
     )
     full_min_duration_s: float = Field(default=0.0, ge=0)
-    sites: list[str] = Field(default_factory=list, description="only robots at these sites (empty: all)")
-    embodiments: list[str] = Field(
+    sites: list[Text] = Field(default_factory=list, description="only robots at these sites (empty: all)")
+    embodiments: list[Text] = Field(
         default_factory=list, description="only robots of these embodiments (empty: all)"
     )
     success_margin: float = Field(
@@ -71,7 +80,9 @@ class RolloutConfig(BaseModel):
     )
     latency_p95_budget_ms: float = Field(default=1000.0, gt=0)
     max_error_rate: float = Field(default=0.05, ge=0, le=1, description="failed policy requests / requests")
-    guardrail_min_episodes: int = Field(default=3, ge=1, description="episodes before a guardrail may fire")
+    guardrail_min_episodes: int = Field(
+        default=3, ge=1, le=INT8_MAX, description="episodes before a guardrail may fire"
+    )
     require_approval: bool = Field(default=False, description="canary waits for a manual approve before full")
 
     @model_validator(mode="after")
@@ -84,13 +95,15 @@ class RolloutConfig(BaseModel):
 class StartRollout(BaseModel):
     """Body of POST /v1/rollouts."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    candidate: str = Field(
-        description="MLflow version number, or an alias (default: candidate)", default="candidate"
+    candidate: Text = Field(
+        max_length=200,
+        description="MLflow version number, or an alias (default: candidate)",
+        default="candidate",
     )
     config: RolloutConfig = Field(default_factory=RolloutConfig)
-    reason: str = Field(default="", max_length=500)
+    reason: Text = Field(default="", max_length=500)
 
 
 class ArmEvidence(BaseModel):

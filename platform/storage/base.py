@@ -39,7 +39,7 @@ def validate_key(key: str) -> str:
         if not segment or segment.startswith("."):
             # Also rules out '.' and '..'; dot-names are reserved for the stores' own files.
             raise InvalidKey(f"object key {key!r} has an empty segment or one starting with '.'")
-        if not _KEY_SEGMENT.match(segment):
+        if not _KEY_SEGMENT.fullmatch(segment):  # `match` would let "name\n" through
             raise InvalidKey(f"object key {key!r} has a character outside [A-Za-z0-9._=+@,-]")
     return key
 

@@ -252,7 +252,8 @@ class LocalObjectStore(ObjectStore):
         """Raises PermissionError unless the URL was signed here for this method and key."""
         validate_key(key)
         expected = self._signature(method.upper(), key, expires_at)
-        if not hmac.compare_digest(expected, signature):
+        # Bytes: compare_digest refuses str with non-ASCII characters (a TypeError, a 500 before).
+        if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "surrogateescape")):
             raise PermissionError("signature does not match this method and key")
         if time.time() > expires_at:
             raise PermissionError("presigned URL has expired")

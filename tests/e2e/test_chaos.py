@@ -528,6 +528,7 @@ def test_every_episode_lands_once_and_whole_under_chaos(
             listed = list_catalog(client)
         faults = proxy.counts()
         staging_left = [info.key for info in moto.list("uploads/")]
+        published = {info.key.split("/")[2] for info in moto.list("episodes/")}
 
     trials = fleet.trials
     killed = sum(1 for t in trials if not t.exited_by_itself)
@@ -571,6 +572,8 @@ def test_every_episode_lands_once_and_whole_under_chaos(
         f"never recorded: {sorted(set(ids) - set(recorded))}"
     )
     assert count == len(recorded), f"the episodes table holds {count} rows, {len(recorded)} were recorded"
+    # The final keys hold exactly the catalog's episodes: nothing half-committed was left there.
+    assert published == set(ids), f"in the store but not the catalog: {sorted(published - set(ids))}"
 
     # Byte-identical: every object in the store hashes like the robot's original.
     for episode in recorded.values():

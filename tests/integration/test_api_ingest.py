@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from tests.conftest import ADMIN, WriteEpisode
 from tests.integration.api_support import Api, running_api, settings_for
+from wamfleet.platform.catalog import queries
+from wamfleet.platform.catalog.tables import AuditEntry, UploadSession
 from wamfleet.platform.contracts import EmbodimentSpec
+from wamfleet.platform.contracts.episode import MANIFEST_FILE, EpisodeManifest
+from wamfleet.platform.storage.bundles import iter_manifests
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -140,7 +148,15 @@ def test_late_writes_to_staging_cannot_change_an_accepted_episode(
 
 
 @pytest.mark.parametrize(
-    "crash_at", ["copied:videos/front.mp4", "verified", "published", "manifest-written", "recorded"]
+    "crash_at",
+    [
+        "copied:videos/front.mp4",
+        "verified",
+        "published",
+        "manifest-written",
+        "recording",  # the catalog insert fails after publish (rolled back, the published files removed)
+        "recorded",
+    ],
 )
 def test_commit_crashing_at_any_step_completes_exactly_once_on_retry(
     api: Api, write_episode: WriteEpisode, crash_at: str
@@ -209,8 +225,6 @@ def test_episode_paging_with_cursor(api: Api, write_episode: WriteEpisode) -> No
 
 
 def test_expired_session_is_gone_and_its_staging_is_removed(api: Api, write_episode: WriteEpisode) -> None:
-    from datetime import timedelta
-
     robot = api.register_robot("robot-1")
     directory, manifest = write_episode(frames=2, robot_id="robot-1")
     api.state.ingest.session_ttl = timedelta(seconds=-1)
@@ -247,3 +261,117 @@ def test_staging_rewritten_during_a_commit_never_reaches_final_keys(
     for entry in manifest.files:
         assert api.state.store.sha256(manifest.prefix + entry.path) == entry.sha256
     assert [i.key for i in api.state.store.list("commits/")] == []
+
+
+def _published(api: Api, manifest: EpisodeManifest) -> list[str]:
+    return [i.key for i in api.state.store.list(manifest.prefix)]
+
+
+def test_a_catalog_insert_failing_after_publish_leaves_nothing_under_the_final_keys(
+    api: Api, write_episode: WriteEpisode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The insert used to fail (a number the column cannot hold) after the files and manifest.json
+    were copied to the final keys: `data ls` and the LeRobot export then saw an episode the
+    catalog did not have. Now what was published is removed, and a retry commits it whole."""
+    robot = api.register_robot("robot-1")
+    directory, manifest = write_episode(frames=4, robot_id="robot-1")
+    ticket = api.upload(robot, directory, manifest)
+
+    def overflow(*_: object) -> None:
+        raise OverflowError("Python int too large to convert to SQLite INTEGER")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(queries, "add_episode", overflow)
+        with pytest.raises(OverflowError):
+            api.commit(robot, ticket["session_id"])
+    assert _published(api, manifest) == []
+    assert list(iter_manifests(api.state.store)) == []
+    assert api.client.get("/v1/episodes", headers=ADMIN).json()["items"] == []
+
+    assert api.commit(robot, ticket["session_id"]).status_code == 200
+    for entry in manifest.files:
+        assert api.state.store.sha256(manifest.prefix + entry.path) == entry.sha256
+    assert [m.episode_id for m in iter_manifests(api.state.store)] == [manifest.episode_id]
+
+
+def test_a_failed_commits_cleanup_never_removes_what_another_commit_records(
+    api: Api, write_episode: WriteEpisode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commit A has published; commit B of the same session fails its insert and removes the
+    files; A must notice (under the episode's lock) and publish again, never record a hole."""
+    robot = api.register_robot("robot-1")
+    directory, manifest = write_episode(frames=4, robot_id="robot-1")
+    ticket = api.upload(robot, directory, manifest)
+    add_episode = queries.add_episode
+    failing: list[bool] = []
+
+    def add_or_fail(*args: Any) -> Any:
+        if failing:
+            raise OverflowError("the insert of commit B fails")
+        return add_episode(*args)
+
+    monkeypatch.setattr(queries, "add_episode", add_or_fail)
+    rival: dict[str, object] = {}
+
+    def meddle(step: str) -> None:
+        if step == "manifest-written" and not rival:
+            rival["running"] = True
+            failing.append(True)
+            try:
+                api.commit(robot, ticket["session_id"])
+            except OverflowError as exc:
+                rival["error"] = exc
+            failing.clear()
+            rival["left"] = _published(api, manifest)
+
+    api.state.ingest.step_hook = meddle
+    assert api.commit(robot, ticket["session_id"]).status_code == 200
+    api.state.ingest.step_hook = None
+    assert isinstance(rival["error"], OverflowError) and rival["left"] == []  # B removed everything
+    for entry in manifest.files:  # and A published again before recording
+        assert api.state.store.sha256(manifest.prefix + entry.path) == entry.sha256
+    assert len(api.client.get("/v1/episodes", headers=ADMIN).json()["items"]) == 1
+
+
+def test_the_sweeper_removes_an_episode_published_but_never_recorded(
+    api: Api, write_episode: WriteEpisode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A platform that died between publishing and recording, and a robot that never retried:
+    once the session expires, the sweeper removes the episode from the final keys and logs it."""
+    robot = api.register_robot("robot-1")
+    kept_dir, kept = write_episode(frames=2, robot_id="robot-1")
+    kept_ticket = api.upload(robot, kept_dir, kept)
+    assert api.commit(robot, kept_ticket["session_id"]).status_code == 200
+    directory, manifest = write_episode(frames=4, robot_id="robot-1")
+    ticket = api.upload(robot, directory, manifest)
+
+    def die(step: str) -> None:
+        if step == "manifest-written":
+            raise RuntimeError("platform died")
+
+    api.state.ingest.step_hook = die
+    with pytest.raises(RuntimeError, match="platform died"):
+        api.commit(robot, ticket["session_id"])
+    api.state.ingest.step_hook = None
+    assert MANIFEST_FILE in {k.rsplit("/", 1)[-1] for k in _published(api, manifest)}
+
+    assert api.state.ingest.expire_stale_sessions() == 0  # still open: a retry may finish it
+    assert _published(api, manifest)
+    with api.state.catalog.session() as s:
+        upload = s.get(UploadSession, ticket["session_id"])
+        assert upload is not None
+        upload.expires_at = queries.now() - timedelta(seconds=1)
+    with caplog.at_level(logging.WARNING, logger="wamfleet.platform.catalog.ingest"):
+        assert api.state.ingest.expire_stale_sessions() == 1
+    assert _published(api, manifest) == []
+    assert f"removed episode {manifest.episode_id}" in caplog.text
+    assert manifest.prefix + MANIFEST_FILE in caplog.text
+    assert [m.episode_id for m in iter_manifests(api.state.store)] == [kept.episode_id]  # untouched
+    with api.state.catalog.session() as s:
+        actions = [
+            a.action
+            for a in s.scalars(select(AuditEntry).where(AuditEntry.target == str(manifest.episode_id)))
+        ]
+    assert {"upload.expire", "episode.orphan.remove"} <= set(actions)
+    gone = api.commit(robot, ticket["session_id"])
+    assert gone.status_code == 410

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.catalog.tables import AuditEntry, Base, Robot, UploadSession
 from wamfleet.platform.contracts import EmbodimentSpec
 from wamfleet.platform.contracts.episode import EpisodeManifest
+from wamfleet.platform.contracts.limits import INT4_MAX, INT8_MAX
 
 
 @pytest.fixture
@@ -154,3 +157,54 @@ def test_audit_log_keeps_entries(catalog: Catalog) -> None:
 def test_sqlite_catalog_file_is_created_under_the_data_dir(tmp_path: Path) -> None:
     Catalog(f"sqlite:///{tmp_path / 'nested' / 'catalog.db'}")
     assert (tmp_path / "nested" / "catalog.db").exists()
+
+
+def test_the_contracts_largest_values_fit_the_columns(catalog: Catalog, write_episode: WriteEpisode) -> None:
+    """The contracts' bounds are the columns' (Integer is int4 on PostgreSQL, BigInteger int8):
+    whatever a manifest may carry, the catalog stores and reads back unchanged."""
+    _, manifest = write_episode(frames=2)
+    raw = manifest.model_dump(mode="json")
+    raw |= {"num_frames": INT4_MAX, "fps": 1000.0, "started_at": "0001-01-01T12:00:00-11:59"}
+    raw["embodiment"]["version"] = INT4_MAX
+    raw["outcome"] = {"success": True, "progress": 1.0, "interventions": INT4_MAX}
+    raw["files"][0]["size"] = INT8_MAX - sum(f["size"] for f in raw["files"][1:])
+    raw["tags"] = {"k" * 63: "v" * 200}
+    raw["policy_version"] = "p" * 200
+    biggest = EpisodeManifest.model_validate(raw)
+    assert biggest.total_bytes == INT8_MAX
+    _add(catalog, biggest)
+    with catalog.session() as s:
+        stored = queries.get_episode(s, biggest.episode_id)
+        assert stored is not None
+        summary = queries.episode_summary(stored)
+    assert (summary.num_frames, summary.total_bytes) == (INT4_MAX, INT8_MAX)
+    assert (summary.embodiment.version, summary.outcome.interventions) == (INT4_MAX, INT4_MAX)
+    assert summary.started_at == biggest.started_at
+    with catalog.session() as s:
+        queries.lock_episode(s, str(biggest.episode_id))  # the per-episode lock works on both databases
+
+
+def test_the_episode_lock_makes_a_second_writer_wait(catalog: Catalog, write_episode: WriteEpisode) -> None:
+    """Commit, its cleanup and the sweeper change an episode only under this lock."""
+    _, manifest = write_episode(frames=2)
+    with catalog.session() as s:
+        queries.open_upload_session(s, manifest, timedelta(hours=1))
+    episode_id = str(manifest.episode_id)
+    order: list[str] = []
+    held = threading.Event()
+
+    def first() -> None:
+        with catalog.session() as s:
+            queries.lock_episode(s, episode_id)
+            held.set()
+            time.sleep(0.3)
+            order.append("first released")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert held.wait(10)
+    with catalog.session() as s:
+        queries.lock_episode(s, episode_id)
+        order.append("second acquired")
+    thread.join()
+    assert order == ["first released", "second acquired"]

@@ -8,6 +8,7 @@ autonomous episodes and their policy tags.
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import uuid
@@ -185,6 +186,60 @@ def test_without_anonymous_reading_only_the_admin_token_reads(
         assert (info.viewer, info.anonymous_read) == ("admin", False)
         # The page itself is static and loads; it asks for the token when /info answers 401.
         assert api.client.get("/dashboard").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("host", "anonymous", "warned"),
+    [
+        ("127.0.0.1", True, False),  # the embedded default: only this machine reaches it
+        ("localhost", True, False),
+        ("::1", True, False),
+        ("0.0.0.0", True, True),
+        ("192.168.1.20", True, True),
+        ("platform.example.org", True, True),
+        ("0.0.0.0", False, False),
+    ],
+)
+def test_anonymous_reading_on_a_reachable_address_is_a_startup_warning(
+    tmp_path: Path,
+    embodiment: EmbodimentSpec,
+    caplog: pytest.LogCaptureFixture,
+    host: str,
+    anonymous: bool,
+    warned: bool,
+) -> None:
+    """Anonymous reads hand out every robot's episodes with working signed video URLs: fine on
+    127.0.0.1 (the embedded default), loudly flagged anywhere else."""
+    settings = settings_for(
+        tmp_path, f"sqlite:///{tmp_path / 'catalog.db'}", api_host=host, dashboard_anonymous_read=anonymous
+    )
+    with (
+        caplog.at_level(logging.WARNING, logger="wamfleet.platform.api.app"),
+        running_api(settings, embodiment),
+    ):
+        pass
+    warnings = [r for r in caplog.records if "WAMFLEET_DASHBOARD_ANONYMOUS_READ" in r.getMessage()]
+    assert bool(warnings) == warned
+    assert all(r.levelno == logging.WARNING and host in r.getMessage() for r in warnings)
+
+
+def test_platform_serve_judges_the_address_it_really_binds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`wamfleet platform serve --host 0.0.0.0` binds 0.0.0.0 whatever WAMFLEET_API_HOST says."""
+    import uvicorn
+
+    from wamfleet.platform.api import app as app_module
+    from wamfleet.platform.cli import platform_cmd
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setenv("WAMFLEET_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("WAMFLEET_API_HOST", "127.0.0.1")
+    monkeypatch.setattr(app_module, "create_app", lambda settings: seen.setdefault("settings", settings))
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **_: seen.update(host=host, port=port))
+    platform_cmd.serve(host="0.0.0.0", port=8123)
+    assert seen["settings"].api_host == seen["host"] == "0.0.0.0"
+    assert seen["settings"].api_port == seen["port"] == 8123
 
 
 # Robots and episodes -----------------------------------------------------------------------------

@@ -393,6 +393,8 @@ def test_platform_environment_is_valid_settings(profile: str, monkeypatch: pytes
     assert settings.kserve_namespace == NAMESPACE
     assert settings.serving_image == "ghcr.io/wamfleet/wamfleet-serving:0.1.0"
     assert settings.api_host == "0.0.0.0" and settings.api_port == 8600
+    # Off in every profile: on 0.0.0.0, anonymous reading hands out every episode's signed URLs.
+    assert not settings.dashboard_anonymous_read
     assert settings.kfp_host == "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
     assert env["WAMFLEET_PIPELINE_IMAGE"]["value"] == "ghcr.io/wamfleet/wamfleet-pipeline:0.1.0"
     # The data dir is an emptyDir (the root filesystem is read-only).
@@ -404,7 +406,6 @@ def test_platform_environment_is_valid_settings(profile: str, monkeypatch: pytes
     assert settings.ray_address == f"ray://{ray_cluster}-head-svc.{NAMESPACE}.svc.cluster.local:10001"
     if profile == "production":
         assert settings.s3_endpoint == "s3.fleet.example.com" and settings.s3_secure
-        assert not settings.dashboard_anonymous_read  # behind a public Ingress
         assert settings.mlflow_ui_url == "https://mlflow.fleet.example.com"
         assert secret_refs["WAMFLEET_CATALOG_URL"] == {"name": "wamfleet-database", "key": "catalog-url"}
         assert "replicas" not in deployment["spec"]  # the HorizontalPodAutoscaler owns it
@@ -415,7 +416,7 @@ def test_platform_environment_is_valid_settings(profile: str, monkeypatch: pytes
     else:
         assert settings.s3_endpoint == f"wamfleet-minio.{NAMESPACE}.svc.cluster.local:9000"
         assert not find(objs, "HorizontalPodAutoscaler") and not find(objs, "Ingress")
-        assert settings.dashboard_anonymous_read and "WAMFLEET_MLFLOW_UI_URL" not in env
+        assert "WAMFLEET_MLFLOW_UI_URL" not in env
 
 
 @pytest.mark.parametrize("profile", PROFILES)

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import json
+import typing
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import annotated_types
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from wamfleet.platform.contracts import (
     CameraSpec,
@@ -17,6 +20,10 @@ from wamfleet.platform.contracts import (
     new_episode_id,
 )
 from wamfleet.platform.contracts.ids import uuid7_time_ms
+from wamfleet.platform.contracts.ingest import RobotRegistration, UploadRequest
+from wamfleet.platform.contracts.limits import INT8_MAX
+from wamfleet.platform.contracts.retrain import RetrainRequest
+from wamfleet.platform.contracts.rollout import StartRollout
 
 
 def manifest_dict(**overrides: Any) -> dict[str, Any]:
@@ -143,3 +150,104 @@ def test_embodiment_validation() -> None:
     assert spec.camera("front") == cam
     with pytest.raises(KeyError, match="no camera 'side'"):
         spec.camera("side")
+
+
+# Bounds: everything a request carries must fit the catalog column it lands in ---------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"num_frames": 2**31}, "manifest.num_frames"),  # Integer: int4 on PostgreSQL
+        ({"num_frames": 2**63}, "manifest.num_frames"),
+        ({"outcome": {"interventions": 2**31}}, "manifest.outcome.interventions"),
+        ({"embodiment": {"name": "arm", "version": 2**31}}, "manifest.embodiment.version"),
+        ({"embodiment": {"name": "arm", "version": 2**63}}, "manifest.embodiment.version"),
+        ({"fps": float("nan")}, "manifest.fps"),
+        ({"fps": float("inf")}, "manifest.fps"),
+        ({"outcome": {"progress": float("nan")}}, "manifest.outcome.progress"),
+        ({"tags": {"shift\n": "night"}}, "manifest.tags"),  # `$` in re.match lets "\n" through
+        ({"tags": {"shift": "night\x00"}}, "manifest.tags"),
+        ({"task": "open\x00the drawer"}, "manifest.task"),  # PostgreSQL text holds no NUL
+        ({"policy_version": "v1\x00"}, "manifest.policy_version"),
+        ({"started_at": "0001-01-01T00:00:00+01:00"}, "manifest.started_at"),  # not in UTC's range
+        (  # it would end after year 9999
+            {"started_at": "9999-12-31T23:59:00+00:00", "num_frames": 1500},
+            "manifest: Value error, started_at",
+        ),
+    ],
+)
+def test_values_the_catalog_cannot_store_are_refused_naming_the_field(
+    overrides: dict[str, Any], field: str
+) -> None:
+    assert error_of(manifest_dict(**overrides)).startswith(field)
+
+
+def test_file_sizes_fit_the_catalogs_bigint() -> None:
+    data = manifest_dict()
+    data["files"][0]["size"] = 2**63
+    assert error_of(data).startswith("manifest.files[0].size")
+    data["files"][0]["size"] = 2**63 - 1
+    data["files"][1]["size"] = 1
+    assert "more than the catalog holds" in error_of(data)
+
+
+def test_a_checksum_or_slug_with_a_trailing_newline_is_refused() -> None:
+    from wamfleet.platform.contracts.ids import is_slug
+
+    data = manifest_dict()
+    data["files"][1]["sha256"] = "b" * 64 + "\n"
+    assert error_of(data).startswith("manifest.files[1].sha256")
+    assert is_slug("robot-1") and not is_slug("robot-1\n")
+
+
+def test_largest_storable_values_are_accepted() -> None:
+    manifest = EpisodeManifest.model_validate(
+        manifest_dict(
+            num_frames=2**31 - 1,
+            embodiment={"name": "arm", "version": 2**31 - 1},
+            outcome={"interventions": 2**31 - 1, "progress": 1.0},
+            started_at="2000-01-01T00:00:00-12:00",
+        )
+    )
+    assert manifest.num_frames == 2**31 - 1
+
+
+def _numbers(model: type[BaseModel], seen: set[type[BaseModel]]) -> Iterator[tuple[str, Any, Any]]:
+    """(model.field, its FieldInfo, its type) of every int and float field reachable from `model`."""
+    if model in seen:
+        return
+    seen.add(model)
+    for name, info in model.model_fields.items():
+        stack = [info.annotation]
+        while stack:
+            tp = stack.pop()
+            args = typing.get_args(tp)
+            if typing.get_origin(tp) is typing.Annotated:
+                stack.append(args[0])
+            elif args:
+                stack.extend(args)
+            elif isinstance(tp, type) and issubclass(tp, BaseModel):
+                yield from _numbers(tp, seen)
+            elif tp in (int, float):
+                yield f"{model.__name__}.{name}", info, tp
+
+
+@pytest.mark.parametrize(
+    "body", [EpisodeManifest, UploadRequest, EmbodimentSpec, RobotRegistration, RetrainRequest, StartRollout]
+)
+def test_every_number_a_request_carries_is_bounded_and_finite(body: type[BaseModel]) -> None:
+    """Keeps new fields honest: an int without an upper bound, or a float that may be NaN or
+    infinite, would pass the API and fail later in the catalog or when read back."""
+    unbounded = []
+    seen: set[type[BaseModel]] = set()
+    for where, info, tp in _numbers(body, seen):
+        if tp is int:
+            upper = [m for m in info.metadata if isinstance(m, annotated_types.Le | annotated_types.Lt)]
+            if not upper or max(getattr(m, "le", getattr(m, "lt", 0)) for m in upper) > INT8_MAX:
+                unbounded.append(f"{where}: no upper bound within int8")
+    for model in seen:
+        floats = any(tp is float for _, _, tp in _numbers(model, set()))
+        if floats and model.model_config.get("allow_inf_nan", True):
+            unbounded.append(f"{model.__name__}: allows NaN and infinity")
+    assert not unbounded, unbounded

@@ -28,7 +28,7 @@ class ServingError(RuntimeError):
 
 def check_version(version: str) -> str:
     """MLflow model versions are positive integers; an alias would change meaning under a running endpoint."""
-    if not _VERSION.match(version):
+    if not _VERSION.fullmatch(version):  # `match` would accept "1\n"
         raise ValueError(f"version: expected an MLflow model version number, got {version!r}")
     return version
 

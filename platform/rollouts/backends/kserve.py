@@ -82,7 +82,7 @@ def dns1035_name(text: str, max_length: int = MAX_NAME_LENGTH) -> str:
 
 def label_value(text: str) -> str:
     """`text` as a Kubernetes label value (63 characters of [-A-Za-z0-9_.], alphanumeric ends)."""
-    if len(text) <= 63 and _LABEL_VALUE.match(text):
+    if len(text) <= 63 and _LABEL_VALUE.fullmatch(text):  # `match` would keep a trailing "\n"
         return text
     clean = re.sub(r"[^-A-Za-z0-9_.]", "-", text).strip("-_.")
     return f"{clean[:54].rstrip('-_.')}-{_digest(text)}".lstrip("-")
