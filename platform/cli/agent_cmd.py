@@ -119,6 +119,92 @@ def import_video_cmd(
         console.print("uploaded and committed")
 
 
+@app.command("import-bag")
+def import_bag_cmd(
+    path: Annotated[
+        Path, typer.Argument(help="A rosbag2 directory (sqlite3 or MCAP storage) or an .mcap file.")
+    ],
+    mapping: Annotated[
+        Path, typer.Option(help="YAML or JSON file naming the bag's topics for the embodiment.")
+    ],
+    task: Annotated[
+        str | None, typer.Option(help="Instruction for every episode (overrides the mapping).")
+    ] = None,
+    success: Annotated[
+        bool | None,
+        typer.Option("--success/--failure", help="Outcome of every episode (overrides the mapping)."),
+    ] = None,
+    upload: Annotated[bool, typer.Option(help="Upload right away (else leave them in the spool).")] = True,
+    robot_id: Annotated[str | None, typer.Option(help="This robot's id (WAMFLEET_AGENT_ROBOT_ID).")] = None,
+    api_url: ApiUrl = None,
+    spool_dir: SpoolDir = None,
+) -> None:
+    """Turn a ROS 2 bag or MCAP recording into episodes in the spool (all of them or none)."""
+    from wamfleet.fleet_agent.bag_import import BagError, import_bag, load_mapping
+    from wamfleet.platform.contracts.embodiment import EmbodimentSpec
+    from wamfleet.platform.contracts.episode import Outcome
+
+    settings = agent_settings(api_url=api_url, spool_dir=spool_dir, robot_id=robot_id)
+    if settings.robot_id is None:
+        fail("robot_id: pass --robot-id or set WAMFLEET_AGENT_ROBOT_ID")
+    try:
+        bag_mapping = load_mapping(mapping)
+    except BagError as exc:
+        fail(str(exc))
+    needs_platform = upload or not isinstance(bag_mapping.embodiment, EmbodimentSpec)
+    if needs_platform and settings.token is None:
+        fail("token: set WAMFLEET_AGENT_TOKEN (or use --no-upload with the embodiment spec in the mapping)")
+    if isinstance(bag_mapping.embodiment, EmbodimentSpec):
+        spec = bag_mapping.embodiment
+    else:
+        assert settings.token is not None
+        client = PlatformClient(settings.api_url, settings.token.get_secret_value(), settings.timeout_s)
+        try:
+            spec = client.embodiment(bag_mapping.embodiment)
+        except AgentError as exc:
+            fail(f"embodiment: cannot fetch {bag_mapping.embodiment!r} from the platform ({exc})")
+        finally:
+            client.close()
+    outcome = bag_mapping.outcome
+    if success is not None:
+        outcome = (outcome or Outcome()).model_copy(update={"success": success})
+    try:
+        with console.status(f"importing {path.name}"):
+            result = import_bag(
+                path,
+                bag_mapping,
+                Spool(settings.spool_dir),
+                robot_id=settings.robot_id,
+                embodiment=spec,
+                task=task,
+                outcome=outcome,
+            )
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    for m in result.manifests:
+        console.print(
+            f"episode {m.episode_id}: {m.num_frames} frames at {m.fps:g} fps, task {m.task!r}",
+            highlight=False,
+        )
+    for skipped in result.skipped:
+        console.print(f"skipped at {skipped.start_s:.3f} s into the bag: {skipped.reason}", highlight=False)
+    n = len(result.manifests)
+    console.print(
+        f"imported {n} episode{'s' if n != 1 else ''} into {settings.spool_dir}/ready", highlight=False
+    )
+    if upload:
+        uploader = Uploader.from_settings(settings)
+        report = uploader.run_once()
+        missing = [str(m.episode_id) for m in result.manifests if str(m.episode_id) not in report.committed]
+        if missing:
+            fail(
+                f"upload did not complete for {missing} "
+                f"(rejected {report.rejected}, deferred {report.deferred})",
+                code=1,
+            )
+        console.print("uploaded and committed")
+
+
 @app.command("drive")
 def drive_cmd(
     endpoint: PolicyEndpoint,

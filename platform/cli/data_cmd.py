@@ -1,8 +1,9 @@
-"""`wamfleet data`: episodes in the object store, and LeRobot v3 export / import."""
+"""`wamfleet data`: episodes in the object store, LeRobot v3 export / import, MCAP export."""
 
 from __future__ import annotations
 
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Annotated
 
@@ -13,12 +14,20 @@ from rich.table import Table
 
 from wamfleet.pipelines.lerobot_v3 import LeRobotFormatError, export_lerobot, import_lerobot
 from wamfleet.platform.cli.common import fail, load_settings
-from wamfleet.platform.contracts.episode import EpisodeManifest
-from wamfleet.platform.storage import ObjectStore, StorageError, open_object_store
-from wamfleet.platform.storage.bundles import download_bundle, iter_manifests, upload_bundle
+from wamfleet.platform.contracts.episode import MANIFEST_FILE, EpisodeManifest
+from wamfleet.platform.storage import ObjectNotFound, ObjectStore, StorageError, open_object_store
+from wamfleet.platform.storage.bundles import (
+    EPISODES_PREFIX,
+    download_bundle,
+    get_manifest,
+    iter_manifests,
+    upload_bundle,
+)
 from wamfleet.platform.storage.embodiments import embodiment_for, put_embodiment
 
-app = typer.Typer(help="Episodes in the object store; LeRobot v3 export and import.", no_args_is_help=True)
+app = typer.Typer(
+    help="Episodes in the object store; LeRobot v3 export and import; MCAP export.", no_args_is_help=True
+)
 console = Console()
 
 
@@ -97,6 +106,59 @@ def export_cmd(
     except (ValueError, FileExistsError, StorageError) as exc:
         fail(str(exc))
     console.print(f"wrote {info['total_episodes']} episodes, {info['total_frames']} frames to {out}")
+
+
+def find_episode(store: ObjectStore, episode_id: uuid.UUID, robot: str | None = None) -> EpisodeManifest:
+    """A committed episode by id alone: its key (episodes/<robot>/<id>/manifest.json) names the robot."""
+    suffix = f"/{episode_id}/{MANIFEST_FILE}"
+    for info in store.list(EPISODES_PREFIX + (f"{robot}/" if robot else "")):
+        if info.key.endswith(suffix):
+            return get_manifest(store, info.key.split("/")[1], episode_id)
+    raise ObjectNotFound(f"episode {episode_id}" + (f" of robot {robot!r}" if robot else ""))
+
+
+@app.command("export-mcap")
+def export_mcap_cmd(
+    episode: Annotated[
+        str, typer.Argument(help="An episode bundle directory, or an episode id in the store.")
+    ],
+    out: Annotated[Path, typer.Argument(help="The .mcap file to write (open it in Foxglove).")],
+    robot: Annotated[str | None, typer.Option(help="The episode's robot (narrows the store search).")] = None,
+    images: Annotated[
+        str, typer.Option(help="Cameras as auto (H.264 video where possible), h264, jpeg or png.")
+    ] = "auto",
+    force: Annotated[bool, typer.Option(help="Overwrite OUT if it exists.")] = False,
+) -> None:
+    """Write one episode as an MCAP file: cameras as video or images, state and actions as joint states."""
+    from wamfleet.fleet_agent.episode_io import BundleError
+    from wamfleet.fleet_agent.mcap_export import IMAGE_FORMATS, export_mcap
+
+    fmt = next((f for f in IMAGE_FORMATS if f == images), None)
+    if fmt is None:
+        fail(f"--images: expected one of {', '.join(IMAGE_FORMATS)}, got {images!r}")
+    if out.is_dir():
+        fail(f"{out}: is a directory; give a file name")
+    if out.exists() and not force:
+        fail(f"{out}: exists; pass --force to overwrite it")
+    source = Path(episode)
+    with tempfile.TemporaryDirectory(prefix="wamfleet-mcap-") as tmp:
+        try:
+            if source.is_dir():
+                bundle = source
+            else:
+                try:
+                    episode_id = uuid.UUID(episode)
+                except ValueError:
+                    fail(f"EPISODE: {episode!r} is neither a bundle directory nor an episode id")
+                store = open_object_store(load_settings())
+                manifest = find_episode(store, episode_id, robot)
+                bundle = Path(tmp) / str(episode_id)
+                download_bundle(store, manifest.robot_id, episode_id, bundle)
+            result = export_mcap(bundle, out, images=fmt)
+        except (BundleError, ValueError, OSError, StorageError) as exc:
+            fail(str(exc))
+    counts = ", ".join(f"{topic} {n}" for topic, n in result.messages.items())
+    console.print(f"wrote {out}: {counts} messages", highlight=False)
 
 
 @app.command("import-lerobot")
