@@ -1,14 +1,24 @@
 """Serving: protocol overhead (round trip minus the server's own time) for the openpi websocket,
-KServe v2 REST and an in-process call, and chunks/s for 1, 4 and 16 concurrent sessions with
-batching on and off. Tiny random policy on CPU, 2 cameras at 96x96, everything on 127.0.0.1.
+KServe v2 REST and an in-process call; the websocket's overhead against openpi's own server
+loop (benchmarks/openpi_reference.py), both measured by the published openpi-client in the same
+run at 2x96x96 and 2x224x224; where a chunk's server time goes (validate, queue, encode,
+denoise); and chunks/s and queue time for 1, 4 and 16 concurrent sessions with batching on and
+off. Tiny random policy on CPU, everything on 127.0.0.1.
 
-    python benchmarks/serving.py [--requests 30]
+    python benchmarks/serving.py [--requests 30] [--openpi-python PATH]
+
+openpi-client pins numpy<2, so it runs from its own venv: `--openpi-python` names its Python;
+by default one is made under ~/.cache/wamfleet (pip install openpi-client; needs PyPI once).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -31,15 +41,78 @@ from wamfleet.serving.engine import InferRequest, PolicyEngine
 from wamfleet.serving.launch import serve_subprocess
 
 TARGET_WS_OVERHEAD_MS = 2.0
+TARGET_OVERHEAD_RATIO = 1.5  # our websocket overhead over openpi's reference loop's
 EMBODIMENT = "sawyer-metaworld"
+# openpi-client 0.1.2 imports typing_extensions without declaring it.
+OPENPI_CLIENT = ("openpi-client==0.1.2", "typing_extensions")
+REFERENCE = Path(__file__).with_name("openpi_reference.py")
+DEFAULT_OPENPI_VENV = Path.home() / ".cache" / "wamfleet" / "openpi-client-venv"
 
 
-def make_policy(directory: Path) -> Path:
+def make_policy(directory: Path, size: int = 96) -> Path:
     torch.manual_seed(0)
     cfg = WAMConfig.preset_named("tiny", embodiments=[{"name": EMBODIMENT, "state_dim": 39, "action_dim": 4}])
-    entry = {"spec": sawyer_embodiment(96).model_dump(mode="json"), "action_norm": None, "state_norm": None}
+    entry = {"spec": sawyer_embodiment(size).model_dump(mode="json"), "action_norm": None, "state_norm": None}
     save_policy(directory, WorldActionModel(cfg), VideoCodec(cfg), embodiments={EMBODIMENT: entry})
     return directory
+
+
+def openpi_python(given: str | None) -> str:
+    """A Python with the published openpi-client (numpy<2 keeps it out of our own venv)."""
+    if given:
+        return given
+    python = DEFAULT_OPENPI_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"making {DEFAULT_OPENPI_VENV} with {OPENPI_CLIENT[0]} (once)")
+        subprocess.run([sys.executable, "-m", "venv", str(DEFAULT_OPENPI_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *OPENPI_CLIENT], check=True)
+    return str(python)
+
+
+@contextmanager
+def reference_server(python: str) -> Iterator[int]:
+    """openpi's WebsocketPolicyServer loop (benchmarks/openpi_reference.py) on a free port."""
+    from wamfleet.platform.net import free_port
+
+    port = free_port("127.0.0.1")
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [python, str(REFERENCE), "serve", str(port)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the openpi reference server did not start")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def openpi_client_overheads(python: str, port: int, n: int, size: int) -> list[float]:
+    """Round trip minus the server's own time, as openpi's WebsocketClientPolicy sees it."""
+    cmd = [python, str(REFERENCE), "client", str(port), str(n), "2", str(size), "39", "reach"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    return [float(v) for v in json.loads(out.stdout.strip().splitlines()[-1])]
+
+
+def against_reference(python: str, policies: dict[int, Path], n: int, rounds: int = 3) -> None:
+    """Ours and the reference, alternated in rounds so both see the same box."""
+    print("websocket overhead against openpi's own server loop (openpi-client, same run, alternated):")
+    for size, policy in policies.items():
+        ours: list[float] = []
+        theirs: list[float] = []
+        with served(policy, max_batch=8) as url, reference_server(python) as ref_port:
+            port = int(url.rsplit(":", 1)[1])
+            for _ in range(rounds):
+                ours += openpi_client_overheads(python, port, n, size)
+                theirs += openpi_client_overheads(python, ref_port, n, size)
+        ratio = statistics.median(ours) / max(statistics.median(theirs), 1e-6)
+        verdict = "met" if ratio <= TARGET_OVERHEAD_RATIO else "MISSED"
+        print(f"  2x{size}x{size}  wamfleet   {summary(ours)}")
+        print(f"  2x{size}x{size}  reference  {summary(theirs)}")
+        print(f"  2x{size}x{size}  ratio {ratio:.2f} (target <= {TARGET_OVERHEAD_RATIO}: {verdict})")
 
 
 @contextmanager
@@ -101,7 +174,10 @@ def inprocess_overheads(policy: Path, n: int) -> list[float]:
     return out
 
 
-def chunks_per_second(url: str, sessions: int, requests_each: int) -> float:
+def chunks_per_second(url: str, sessions: int, requests_each: int) -> tuple[float, list[dict[str, float]]]:
+    """Aggregate chunks/s of `sessions` robots asking at once, and every reply's server timing."""
+    timings: list[dict[str, float]] = []
+
     def robot(k: int) -> None:
         with connect(url.replace("http", "ws"), max_size=None) as ws:
             ws.recv()
@@ -111,7 +187,9 @@ def chunks_per_second(url: str, sessions: int, requests_each: int) -> float:
                 ws.send(
                     packb({"images": frames, "state": state, "prompt": "reach", "session_id": f"robot-{k}"})
                 )
-                ws.recv()
+                reply = unpackb(ws.recv())  # type: ignore[arg-type]
+                if i > 0:  # the first builds the session (the conditioning frame, the instruction)
+                    timings.append(reply["server_timing"])
 
     threads = [threading.Thread(target=robot, args=(k,)) for k in range(sessions)]
     start = time.perf_counter()
@@ -119,7 +197,14 @@ def chunks_per_second(url: str, sessions: int, requests_each: int) -> float:
         t.start()
     for t in threads:
         t.join()
-    return sessions * requests_each / (time.perf_counter() - start)
+    return sessions * requests_each / (time.perf_counter() - start), timings
+
+
+def stage_split(timings: list[dict[str, float]]) -> str:
+    return "  ".join(
+        f"{stage} {statistics.median(t[f'{stage}_ms'] for t in timings):6.2f}"
+        for stage in ("validate", "queue", "encode", "denoise", "total")
+    )
 
 
 def summary(values: list[float]) -> str:
@@ -132,10 +217,15 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--chunk-requests", type=int, default=6, help="requests per session for chunks/s")
+    parser.add_argument("--openpi-python", help="a Python with openpi-client (default: a venv made once)")
+    parser.add_argument("--skip-reference", action="store_true", help="leave out openpi's reference server")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         policy = make_policy(Path(tmp) / "policy")
+        if not args.skip_reference:
+            policies = {96: policy, 224: make_policy(Path(tmp) / "policy224", 224)}
+            against_reference(openpi_python(args.openpi_python), policies, args.requests)
         print("serving: tiny policy, 2 cameras at 96x96, 8-action chunks, CPU, 127.0.0.1")
         with served(policy, max_batch=8) as url:
             ws = websocket_overheads(url, args.requests)
@@ -149,9 +239,16 @@ def main() -> None:
             batched = {n: chunks_per_second(url, n, args.chunk_requests) for n in (1, 4, 16)}
         with served(policy, max_batch=1) as url:
             unbatched = {n: chunks_per_second(url, n, args.chunk_requests) for n in (1, 4, 16)}
-        print("chunks/s by concurrent sessions   batching on   batching off")
+        print("server time per chunk, median ms (batching on):")
         for n in (1, 4, 16):
-            print(f"  {n:2d} sessions                     {batched[n]:8.1f}     {unbatched[n]:8.1f}")
+            print(f"  {n:2d} sessions  {stage_split(batched[n][1])}")
+        print("chunks/s by concurrent sessions   batching on   batching off   queue p50 on / off (ms)")
+        for n in (1, 4, 16):
+            (on, on_t), (off, off_t) = batched[n], unbatched[n]
+            q_on = statistics.median(t["queue_ms"] for t in on_t)
+            q_off = statistics.median(t["queue_ms"] for t in off_t)
+            queues = f"{q_on:7.2f} / {q_off:7.2f}"
+            print(f"  {n:2d} sessions                     {on:8.1f}     {off:8.1f}      {queues}")
 
 
 if __name__ == "__main__":
