@@ -42,7 +42,7 @@ from wamfleet.model.normalize import QuantileNormalizer, dim_mask, pad_last
 from wamfleet.model.policy import LoadedPolicy
 from wamfleet.model.sampler import ChunkSampler, Session
 from wamfleet.model.sequence import history_capacity
-from wamfleet.platform.contracts.embodiment import EmbodimentSpec
+from wamfleet.platform.contracts.embodiment import EmbodimentSpec, default_observation
 from wamfleet.platform.contracts.protocol import PolicyMetadata, ServerTiming
 from wamfleet.serving import metrics
 
@@ -319,6 +319,9 @@ class PolicyEngine:
             actions_per_chunk=self.cfg.actions_per_chunk,
             action_rate_hz=self.spec.fps,
             video_frames_per_chunk=self.cfg.video_frames_per_chunk,
+            # Declared keys, or the default (`images` stacked in the model's camera order, `state`).
+            observation=self.spec.observation or default_observation(self.cfg.cameras, self.spec.state_dim),
+            action_layout=self.spec.actions,
         )
 
     # Validation ------------------------------------------------------------------------------

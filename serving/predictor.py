@@ -1,6 +1,8 @@
 """The KServe predictor: Open Inference Protocol v2 over the same engine as the websocket.
 
-Inputs (by name): images UINT8 [views,H,W,3] or [T,views,H,W,3], state FP32 [state_dim],
+Inputs (by name): images UINT8 [views,H,W,3] or [T,views,H,W,3], state FP32 [state_dim] (or,
+instead, the inputs named by the embodiment's observation mapping, e.g. DROID's
+`observation/exterior_image_1_left` UINT8 [H,W,3] and `observation/joint_position` FP32 [7]),
 instruction BYTES [1], session_id BYTES [1], reset BOOL [1] (optional), frame_index INT64 [1]
 (optional: the video-rate index of the last image in the episode), session_token BYTES [1]
 (optional: the token of the session's first reply). Output: actions FP32 [chunk, action_dim];
@@ -26,8 +28,11 @@ from kserve.errors import InvalidInput
 from numpy.typing import NDArray
 
 from wamfleet.model.policy import load_policy
+from wamfleet.platform.contracts.embodiment import CANONICAL_IMAGES, CANONICAL_STATE
+from wamfleet.platform.contracts.protocol import PolicyMetadata
 from wamfleet.serving.engine import Engine, NonFiniteActions, PolicyEngine, RequestError, new_session_token
 from wamfleet.serving.engine import InferRequest as EngineRequest
+from wamfleet.serving.observation import check_mapping, map_observation, v2_inputs
 from wamfleet.serving.scripted import ScriptedEngine, ScriptedLoaders
 
 log = logging.getLogger(__name__)
@@ -120,6 +125,7 @@ class WAMPredictor(Model):
         self.dtype = DTYPES[dtype]
         self.max_session_bytes = max_session_bytes
         self.engine: Engine | None = None
+        self.meta: PolicyMetadata | None = None  # the engine's metadata, read once at load
 
     def load(self) -> bool:
         directory = resolve_policy(self.location)
@@ -132,6 +138,7 @@ class WAMPredictor(Model):
                 )
             version = self.version or (record.get("metadata") or {}).get("version") or kind
             self.engine = ScriptedEngine(self.scripted[kind](record), version=str(version))
+            self.meta = check_mapping(self.engine.metadata())
             self.ready = True
             return True
         policy = load_policy(directory, self.device, self.dtype)
@@ -143,6 +150,7 @@ class WAMPredictor(Model):
             max_session_bytes=self.max_session_bytes,
             max_batch=self.max_batch,
         )
+        self.meta = check_mapping(self.engine.metadata())  # a camera no key fills: refused at load
         self._warm_up()
         self.ready = True
         return True
@@ -166,15 +174,30 @@ class WAMPredictor(Model):
             log.warning("warm-up: the policy produced non-finite actions; every request will fail")
         self.engine.reset("__warmup__")
 
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """v2 model metadata: the observation mapping's inputs (see `observation.v2_inputs`)."""
+        return v2_inputs(self.meta) if self.meta is not None else []
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        if self.meta is None:
+            return []
+        shape = [self.meta.actions_per_chunk, self.meta.action_dim]
+        return [{"name": "actions", "datatype": "FP32", "shape": shape}]
+
     async def predict(
         self, payload: InferRequest, headers: dict[str, str] | None = None, response_headers: Any = None
     ) -> InferResponse:
         assert self.engine is not None
+        meta = self.meta or self.engine.metadata()
         try:
             inputs = {str(i.name): i for i in payload.inputs}
-            for required in ("images", "state", "instruction", "session_id"):
+            for required in ("instruction", "session_id"):
                 if required not in inputs:
                     raise RequestError(f"{required}: missing input")
+            wanted = {CANONICAL_IMAGES, CANONICAL_STATE, *meta.observation.keys}
+            images, state = map_observation(
+                meta, {name: _tensor(inputs, name) for name in wanted if name in inputs}, "missing input"
+            )
             # The session's owner: the token from an earlier reply, or a new one (a new session).
             token = (
                 _text(_tensor(inputs, "session_token"), "session_token") if "session_token" in inputs else ""
@@ -182,8 +205,8 @@ class WAMPredictor(Model):
             request = EngineRequest(
                 session_id=_text(_tensor(inputs, "session_id"), "session_id"),
                 instruction=_text(_tensor(inputs, "instruction"), "instruction"),
-                images=_tensor(inputs, "images"),
-                state=_tensor(inputs, "state"),
+                images=images,
+                state=state,
                 reset=_flag(_tensor(inputs, "reset"), "reset") if "reset" in inputs else False,
                 frame_index=_integer(_tensor(inputs, "frame_index"), "frame_index")
                 if "frame_index" in inputs
@@ -196,7 +219,6 @@ class WAMPredictor(Model):
             raise InvalidInput(str(exc)) from None
         output = InferOutput(name="actions", shape=list(result.actions.shape), datatype="FP32")
         output.set_data_from_numpy(result.actions, binary_data=False)
-        meta = self.engine.metadata()
         parameters = {
             # What the websocket sends on connect, so REST robots learn the rates and sizes too.
             "embodiment": meta.embodiment,

@@ -1,7 +1,9 @@
 """The openpi-compatible websocket endpoint, served on the predictor's own HTTP port.
 
 On connect the server sends the policy metadata; every message is an observation dict
-(msgpack-numpy) with `endpoint` "infer" (default) or "reset" and a `session_id`. Replies are
+(msgpack-numpy) with `endpoint` "infer" (default) or "reset" and a `session_id`. Images and
+state come as `images` and `state`, or under the keys of the embodiment's observation mapping
+(published in the metadata; DROID's `observation/exterior_image_1_left`, ...). Replies are
 msgpack dicts; every bad message (a text frame, undecodable bytes, bad input) is answered with
 a text frame naming the input (the openpi client raises it as an error) and the connection
 stays usable.
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect, status
 
-from wamfleet.platform.contracts.protocol import MAX_MESSAGE_BYTES, packb, unpackb
+from wamfleet.platform.contracts.protocol import MAX_MESSAGE_BYTES, PolicyMetadata, packb, unpackb
 from wamfleet.serving.engine import (
     MAX_TOKEN_CHARS,
     Engine,
@@ -33,6 +35,7 @@ from wamfleet.serving.engine import (
     RequestError,
     new_session_token,
 )
+from wamfleet.serving.observation import map_observation
 
 log = logging.getLogger(__name__)
 DEFAULT_SESSION = "default"  # the session of a client that sends no session_id (one per connection)
@@ -64,24 +67,20 @@ def _owner(obs: dict[str, Any], connection: str) -> str:
     return token or connection
 
 
-def _request_from(obs: dict[str, Any], owner: str) -> InferRequest:
+def _request_from(obs: dict[str, Any], owner: str, meta: PolicyMetadata) -> InferRequest:
     session = _text_field(obs, "session_id", DEFAULT_SESSION)
     instruction = _text_field(obs, "instruction") or _text_field(obs, "prompt")
     reset = obs.get("reset", False)
     if not isinstance(reset, bool | int | np.bool_):
         raise RequestError(f"reset: expected a boolean, got {type(reset).__name__}")
-    for name, value in (
-        ("images", obs.get("images")),
-        ("state", obs.get("state")),
-        ("instruction", instruction),
-    ):
-        if value is None:
-            raise RequestError(f"{name}: missing from the observation")
+    images, state = map_observation(meta, obs)  # names the client's key when one is bad
+    if instruction is None:
+        raise RequestError("instruction: missing from the observation")
     return InferRequest(
         session_id=session or DEFAULT_SESSION,
         instruction=instruction or "",
-        images=obs["images"],
-        state=obs["state"],
+        images=images,
+        state=state,
         reset=bool(reset),
         frame_index=obs.get("frame_index"),
         owner=owner,
@@ -105,8 +104,9 @@ def policy_websocket_router(
         await ws.accept()
         eng = engine()
         connection = new_session_token()  # owns the sessions this connection opens
+        meta = eng.metadata()
         try:
-            await ws.send_bytes(packb(eng.metadata().model_dump()))
+            await ws.send_bytes(packb(meta.model_dump(mode="json")))
             while True:
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
@@ -115,7 +115,7 @@ def policy_websocket_router(
                 if data is None:  # a text frame: answered, never a dropped connection
                     reply: bytes | str = TEXT_FRAME
                 else:
-                    reply = await _answer(eng, data, connection, max_message_bytes)
+                    reply = await _answer(eng, data, connection, max_message_bytes, meta)
                 if isinstance(reply, str):
                     await ws.send_text(reply)
                 else:
@@ -127,9 +127,14 @@ def policy_websocket_router(
 
 
 async def _answer(
-    engine: Engine, data: bytes, owner: str = "", max_message_bytes: int = MAX_MESSAGE_BYTES
+    engine: Engine,
+    data: bytes,
+    owner: str = "",
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    meta: PolicyMetadata | None = None,
 ) -> bytes | str:
-    """One reply per message: msgpack bytes, or a text naming what was wrong (never an exception)."""
+    """One reply per message: msgpack bytes, or a text naming what was wrong (never an exception).
+    `meta`: the engine's metadata (its observation mapping), read once per connection."""
     if len(data) > max_message_bytes:
         return f"message: {len(data)} bytes exceeds the {max_message_bytes}-byte limit"
     try:
@@ -149,7 +154,8 @@ async def _answer(
         if endpoint != "infer":
             return f"endpoint: unknown {endpoint!r:.60}; use 'infer' or 'reset'"
         # Validation happens here; the chunk is awaited without holding a thread.
-        result = await asyncio.wrap_future(engine.submit(_request_from(obs, who)))
+        request = _request_from(obs, who, meta or engine.metadata())
+        result = await asyncio.wrap_future(engine.submit(request))
         reply = {
             "actions": np.ascontiguousarray(result.actions),
             "session_id": result.session_id,

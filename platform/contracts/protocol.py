@@ -4,9 +4,12 @@ Robots send an observation dict per message; the server answers an action chunk.
 in openpi's msgpack-numpy encoding ({"__ndarray__": True, "data", "dtype", "shape"}), so the
 published `openpi-client` drives a wamfleet server unchanged. Messages:
 
-- on connect, the server sends `PolicyMetadata`;
+- on connect, the server sends `PolicyMetadata` (with its `observation` mapping: which keys
+  carry which camera and which slice of the state);
 - request: {"endpoint": "infer" | "reset", "session_id": str, "instruction": str,
   "images": uint8 [views, H, W, 3] or [T, views, H, W, 3], "state": float32 [state_dim],
+  or instead of images/state the keys of the embodiment's observation mapping (e.g. DROID's
+  "observation/exterior_image_1_left", "observation/joint_position", ...),
   optional "frame_index": int (the video-rate index of the last image since the episode began),
   optional "session_token": str (from an earlier reply: carries a session over a reconnect)};
 - reply: {"actions": float32 [chunk, action_dim], "policy_version": str, "session_id": str,
@@ -24,6 +27,13 @@ from typing import Any, Literal
 import msgpack
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from wamfleet.platform.contracts.embodiment import (
+    ActionGroup,
+    ObservationMapping,
+    default_action_layout,
+    default_observation,
+)
 
 # Default largest message (4 frames of 2 cameras at 720p are ~21 MiB); `wamfleet serve
 # --max-message-mib` sets both the server's websocket frame limit and its handler's check.
@@ -74,6 +84,15 @@ class PolicyMetadata(BaseModel):
     action_rate_hz: float
     video_frames_per_chunk: int = Field(description="Frames per executed chunk the server wants back.")
     protocol: str = "openpi-msgpack/1+wamfleet"
+    # Which keys carry which camera / state slice (default: `images` stacked in `cameras` order
+    # and `state`), and what each slice of an action is (default: one group). Declared after
+    # the fields their defaults are computed from.
+    observation: ObservationMapping = Field(
+        default_factory=lambda data: default_observation(data["cameras"], data["state_dim"])
+    )
+    action_layout: list[ActionGroup] = Field(
+        default_factory=lambda data: default_action_layout(data["action_dim"])
+    )
 
 
 class ServerTiming(BaseModel):

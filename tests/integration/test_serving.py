@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from tests.support.openpi_venv import openpi_python
 from tests.unit.serving.policy_support import tiny_policy
 from wamfleet.platform.contracts.protocol import packb, unpackb
 from wamfleet.serving.launch import serve_subprocess
@@ -278,22 +278,11 @@ print(json.dumps({"meta": meta, "shape": list(chunks[0]["actions"].shape),
 
 
 @pytest.mark.slow
-def test_published_openpi_client_drives_the_server_unchanged(server: str, tmp_path: Path) -> None:
+def test_published_openpi_client_drives_the_server_unchanged(server: str) -> None:
     """openpi-client pins numpy<2, so it runs from its own small venv, as a robot would."""
     import json
-    import venv
 
-    env_dir = tmp_path / "openpi-venv"
-    venv.create(env_dir, with_pip=True)
-    python = env_dir / "bin" / "python"
-    install = subprocess.run(
-        # openpi-client imports typing_extensions without declaring it.
-        [str(python), "-m", "pip", "install", "--quiet", "openpi-client", "numpy<2", "typing_extensions"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert install.returncode == 0, install.stderr[-2000:]
+    python = openpi_python()
     port = server.rsplit(":", 1)[1]
     run = subprocess.run(
         [str(python), "-c", OPENPI_SCRIPT, "127.0.0.1", port, API_KEY],
@@ -305,6 +294,7 @@ def test_published_openpi_client_drives_the_server_unchanged(server: str, tmp_pa
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["numpy"].startswith("1.")
     assert out["meta"]["action_dim"] == 4
+    assert out["meta"]["observation"]["images"][0]["key"] == "images"  # the default keys, unchanged
     assert out["shape"] == [8, 4]
     assert out["dtype"] == "float32"
     assert out["chunk_index"] == 2

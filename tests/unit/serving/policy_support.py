@@ -14,6 +14,7 @@ from wamfleet.model.config import WAMConfig
 from wamfleet.model.policy import save_policy
 from wamfleet.model.transformer import WorldActionModel
 from wamfleet.model.vae import VideoCodec
+from wamfleet.platform.contracts.builtin_embodiments import DROID, DROID_CAMERAS, droid_embodiment
 
 EMBODIMENT = "sawyer-metaworld"
 
@@ -25,6 +26,22 @@ def tiny_policy(directory: Path, seed: int = 0) -> Path:
     norm = {"q01": [-1.0] * 4, "q99": [1.0] * 4}
     entry = {"spec": spec.model_dump(mode="json"), "action_norm": norm, "state_norm": None}
     save_policy(directory, WorldActionModel(cfg), VideoCodec(cfg), embodiments={EMBODIMENT: entry})
+    return directory
+
+
+def tiny_droid_policy(directory: Path, seed: int = 0) -> Path:
+    """A tiny random policy for the built-in `droid` embodiment (its 3 cameras, 8-d state and
+    actions), observed through openpi's DROID keys."""
+    torch.manual_seed(seed)
+    spec = droid_embodiment()
+    cfg = WAMConfig.preset_named(
+        "tiny",
+        cameras=list(DROID_CAMERAS),
+        embodiments=[{"name": DROID, "state_dim": spec.state_dim, "action_dim": spec.action_dim}],
+    )
+    norm = {"q01": [-1.0] * spec.action_dim, "q99": [1.0] * spec.action_dim}
+    entry = {"spec": spec.model_dump(mode="json"), "action_norm": norm, "state_norm": None}
+    save_policy(directory, WorldActionModel(cfg), VideoCodec(cfg), embodiments={DROID: entry})
     return directory
 
 
