@@ -8,11 +8,13 @@ no second way to change anything.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Query, status
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from sqlalchemy import func, select
@@ -50,6 +52,7 @@ from wamfleet.platform.contracts.limits import TIME_NOTE, Text, UtcDatetime
 from wamfleet.platform.contracts.retrain import RetrainRunInfo
 from wamfleet.platform.contracts.rollout import ACTIVE_STAGES
 from wamfleet.platform.storage.base import ObjectNotFound, StorageError
+from wamfleet.platform.storage.bundles import BundleIntegrityError, download_bundle
 
 STATIC_DIR = Path(__file__).with_name("dashboard_static")
 router = APIRouter(prefix="/v1/dashboard", tags=["dashboard"])
@@ -162,6 +165,48 @@ def episode_media(episode_id: uuid.UUID, _: Viewer, state: State) -> EpisodeMedi
         for camera in manifest.cameras
     ]
     return EpisodeMedia(episode=summary, instruction=manifest.task, videos=videos)
+
+
+MCAP_MEDIA_TYPE = "application/octet-stream"
+
+
+_MCAP_READ = _read(404, 422, 503)
+_MCAP_READ["responses"] = {
+    200: {"content": {MCAP_MEDIA_TYPE: {}}, "description": "The episode as an MCAP file."}
+} | _MCAP_READ["responses"]
+
+
+@router.get("/episodes/{episode_id}/mcap", response_class=FileResponse, **_MCAP_READ)
+def episode_mcap(episode_id: uuid.UUID, _: Viewer, state: State, cleanup: BackgroundTasks) -> FileResponse:
+    """The episode as an MCAP file Foxglove opens (`wamfleet data export-mcap`'s output): cameras
+    as the bundle's H.264 repackaged without decoding where it can be, else JPEG."""
+    from wamfleet.fleet_agent.episode_io import BundleError
+    from wamfleet.fleet_agent.mcap_export import export_mcap
+
+    with state.catalog.session() as s:
+        episode = queries.get_episode(s, episode_id)
+        if episode is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no episode {episode_id}")
+        robot_id = episode.robot_id
+    work = Path(tempfile.mkdtemp(prefix="wamfleet-mcap-"))
+    try:
+        download_bundle(state.store, robot_id, episode_id, work / "bundle")
+        out = export_mcap(work / "bundle", work / f"{episode_id}.mcap").path
+    except ObjectNotFound:
+        shutil.rmtree(work, ignore_errors=True)
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, detail=f"episode {episode_id}: its files are not in the store"
+        ) from None
+    except (BundleIntegrityError, BundleError, ValueError) as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"episode {episode_id}: cannot export it ({exc})"
+        ) from None
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    cleanup.add_task(shutil.rmtree, work, ignore_errors=True)
+    return FileResponse(out, media_type=MCAP_MEDIA_TYPE, filename=f"{episode_id}.mcap")
 
 
 def _curated(state: PlatformState, run: RetrainRun) -> CuratedView:

@@ -272,6 +272,12 @@ def test_dashboard_in_chromium(tmp_path: Path) -> None:
         for played in video_states(page):
             assert played["error"] is None and played["width"] == 64, played
         page.screenshot(path=str(shots / "dashboard-episode.png"), full_page=True)
+        with page.expect_download() as download_info:  # the episode as MCAP, for Foxglove
+            page.click("[data-testid=download-mcap]")
+        download = download_info.value
+        assert download.suggested_filename.endswith(".mcap")
+        mcap_path = download.path()
+        assert mcap_path is not None and Path(mcap_path).read_bytes()[:8] == b"\x89MCAP0\r\n"
 
         # Without the token nothing can be changed.
         page.click("#tabs a[data-tab=retrains]")

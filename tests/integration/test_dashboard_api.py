@@ -357,6 +357,33 @@ def test_episode_media_gives_playable_signed_video_urls(
     assert api.client.get(f"/v1/dashboard/episodes/{uuid.uuid4()}").status_code == 404
 
 
+def test_episode_downloads_as_an_mcap_foxglove_opens(
+    api: Api, tmp_path: Path, embodiment: EmbodimentSpec
+) -> None:
+    from tests.integration.test_mcap_export import read_mcap
+
+    robot = api.register_robot("robot-1")
+    episode_id = record(api, robot, tmp_path, embodiment, robot_id="robot-1", frames=6)
+    path = f"/v1/dashboard/episodes/{episode_id}/mcap"
+    response = api.client.get(path)
+    assert response.status_code == 200, response.text
+    assert f"{episode_id}.mcap" in response.headers["content-disposition"]
+    saved = tmp_path / "download.mcap"
+    saved.write_bytes(response.content)
+    channels, messages, _ = read_mcap(saved)
+    cameras = [c.name for c in embodiment.cameras]
+    assert {t for t in channels if any(c in t for c in cameras)}, f"no camera topics in {sorted(channels)}"
+    assert all(len(m) == 6 for m in messages.values()), {t: len(m) for t, m in messages.items()}
+    assert api.client.get(f"/v1/dashboard/episodes/{uuid.uuid4()}/mcap").status_code == 404
+    assert api.client.get("/v1/dashboard/episodes/not-an-id/mcap").status_code == 422
+    # A robot's token is no viewer's; the bundle's files gone from the store is a 404 naming it.
+    assert api.client.get(path, headers=robot).status_code == 401
+    for info in api.state.store.list(bundle_prefix("robot-1", episode_id)):
+        api.state.store.delete(info.key)
+    gone = api.client.get(path)
+    assert gone.status_code == 404 and "not in the store" in gone.json()["detail"]
+
+
 # Datasets and retrains --------------------------------------------------------------------------
 
 

@@ -415,6 +415,31 @@
     await renderEpisodeDetail();
   }
 
+  /** Fetched with the token (a plain link could not send it), then saved as <id>.mcap. */
+  async function downloadMcap(episodeId) {
+    const headers = {};
+    if (state.token) headers.Authorization = `Bearer ${state.token}`;
+    say(`Exporting episode ${episodeId} as MCAP…`);
+    try {
+      const response = await fetch(`/v1/dashboard/episodes/${encodeURIComponent(episodeId)}/mcap`, { headers });
+      if (!response.ok) {
+        const text = await response.text();
+        let body = null;
+        try { body = JSON.parse(text); } catch { body = null; }
+        throw new ApiError(response.status, `${response.status}: ${describeDetail(body, text || response.statusText)}`);
+      }
+      const url = URL.createObjectURL(await response.blob());
+      const a = el("a", { href: url, download: `${episodeId}.mcap` });
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+      say(`Saved ${episodeId}.mcap: open it in Foxglove.`);
+    } catch (err) {
+      say(`Could not export the episode as MCAP: ${err.message}`, "error");
+    }
+  }
+
   async function renderEpisodeDetail() {
     const box = $("episode-detail");
     if (!state.episodeId) {
@@ -461,6 +486,7 @@
         el("h2", { "data-testid": "episode-instruction" }, media.instruction),
         el("div", { class: "actions" },
           videos.length > 1 ? el("button", { type: "button", "data-testid": "play-all", on: { click: () => playAll(box) } }, "Play all cameras") : null,
+          el("button", { type: "button", class: "secondary", "data-testid": "download-mcap", title: "Cameras, state and actions as one MCAP file for Foxglove", on: { click: () => downloadMcap(e.episode_id) } }, "Download MCAP"),
           el("button", { type: "button", class: "secondary", on: { click: () => { window.location.hash = "#/episodes"; } } }, "Close"))),
       el("div", { class: "videos" }, videos.length ? videos : empty("This episode has no video.")),
       el("dl", { class: "facts" }, facts.map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
