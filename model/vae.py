@@ -20,7 +20,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
+from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan, WanRMS_norm
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
@@ -42,6 +42,26 @@ def _as_uint8(x: Frames, name: str, ndim: int | None = None) -> Tensor:
     if t.ndim < 4 or t.shape[-1] != 3:
         raise ValueError(f"{name}: expected shape (..., V, H, W, 3), got {tuple(t.shape)}")
     return t
+
+
+class _FastRMSNorm(WanRMS_norm):
+    """Wan's RMS norm with F.normalize written out as sum -> rsqrt -> multiply: the same math (its
+    1e-12 floor included), but F.normalize over the channel dim of a 5-D tensor is ~10x slower on
+    CPU, and the VAE runs ~24 of these per encoded chunk, most of the serving encode stage."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        dim = 1 if self.channel_first else -1
+        y = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        inv = y.square().sum(dim, keepdim=True).clamp_min(1e-24).rsqrt()
+        return (y * inv).to(x.dtype) * self.scale * self.gamma + self.bias
+
+
+def _fast_norms(vae: AutoencoderKLWan) -> AutoencoderKLWan:
+    """Swaps every WanRMS_norm for _FastRMSNorm in place (same parameters, same state dict)."""
+    for module in vae.modules():
+        if type(module) is WanRMS_norm:
+            module.__class__ = _FastRMSNorm
+    return vae
 
 
 def _pretrained_vae(cfg: WAMConfig) -> AutoencoderKLWan:
@@ -103,7 +123,7 @@ class VideoCodec(nn.Module):
             mean, std = torch.zeros(v.z_dim), torch.ones(v.z_dim)
         self.register_buffer("latents_mean", mean)
         self.register_buffer("latents_std", std)
-        self.vae.eval().requires_grad_(False)
+        _fast_norms(self.vae).eval().requires_grad_(False)
         # Wan I2V's CLIP tower: part of the codec, so shards, training and serving share its weights.
         image = cfg.image_conditioning
         self.image_encoder = ImageEncoder(image) if image is not None else None
