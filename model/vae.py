@@ -53,7 +53,8 @@ class _FastRMSNorm(WanRMS_norm):
         dim = 1 if self.channel_first else -1
         y = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         inv = y.square().sum(dim, keepdim=True).clamp_min(1e-24).rsqrt()
-        return (y * inv).to(x.dtype) * self.scale * self.gamma + self.bias
+        out: Tensor = (y * inv).to(x.dtype) * self.scale * self.gamma + self.bias
+        return out
 
 
 def _fast_norms(vae: AutoencoderKLWan) -> AutoencoderKLWan:
