@@ -53,7 +53,11 @@ def test_the_cache_holds_real_frames_at_the_time_they_were_seen(
 
     monkeypatch.setattr(engine.policy.codec, "encode_chunk", spy)
     try:
-        runner = ActionChunkRunner(EnginePolicyClient(engine), StepRobot(), refill_threshold=threshold or 1)
+        # The simulated clock lands a reply after its measured latency; a 100 s control period
+        # keeps every reply within one step however loaded the box is, so the schedule is fixed.
+        runner = ActionChunkRunner(
+            EnginePolicyClient(engine), StepRobot(), refill_threshold=threshold or 1, control_hz=0.01
+        )
         stats = runner.run_episode("reach the goal", "robot-1", max_steps=60)
     finally:
         engine.close()
