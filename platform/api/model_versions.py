@@ -50,6 +50,10 @@ def describe_versions(client: Any, model_name: str, ui_url: str | None) -> Model
         log.warning("reading the model registry failed: %s", exc.message)
         view.error = f"MLflow: {exc.message}"
         return view
+    except Exception as exc:  # noqa: BLE001 - e.g. its SQLite store busy or still being created
+        log.warning("reading the model registry failed: %s: %s", type(exc).__name__, exc)
+        view.error = f"MLflow: the registry could not be read ({type(exc).__name__})"
+        return view
     aliases = _aliases(client, model_name) if found else {}
     for mv in found:
         version = str(mv.version)
