@@ -49,9 +49,9 @@ REFERENCE = Path(__file__).with_name("openpi_reference.py")
 DEFAULT_OPENPI_VENV = Path.home() / ".cache" / "wamfleet" / "openpi-client-venv"
 
 
-def make_policy(directory: Path, size: int = 96) -> Path:
+def make_policy(directory: Path, size: int = 96, preset: str = "tiny") -> Path:
     torch.manual_seed(0)
-    cfg = WAMConfig.preset_named("tiny", embodiments=[{"name": EMBODIMENT, "state_dim": 39, "action_dim": 4}])
+    cfg = WAMConfig.preset_named(preset, embodiments=[{"name": EMBODIMENT, "state_dim": 39, "action_dim": 4}])
     entry = {"spec": sawyer_embodiment(size).model_dump(mode="json"), "action_norm": None, "state_norm": None}
     save_policy(directory, WorldActionModel(cfg), VideoCodec(cfg), embodiments={EMBODIMENT: entry})
     return directory
@@ -207,6 +207,27 @@ def stage_split(timings: list[dict[str, float]]) -> str:
     )
 
 
+def encode_against_denoise(policy: Path, chunks: int) -> tuple[float, float, str]:
+    """Median encode and denoise ms per chunk in one session, each request a whole chunk of new
+    frames (the encode stage: the VAE on the chunk, then `observe` writing it into the cache)."""
+    loaded = load_policy(policy)
+    cfg = loaded.model.config
+    size = cfg.view_size[0]
+    engine = PolicyEngine(loaded, version="bench", max_batch=1)
+    encode, denoise = [], []
+    try:
+        for i in range(chunks + 1):
+            rng = np.random.default_rng(i)
+            frames = rng.integers(0, 255, (cfg.video_frames_per_chunk, 2, size, size, 3), dtype=np.uint8)
+            result = engine.infer(InferRequest("split", "reach", frames, np.zeros(39, np.float32)))
+            if i > 0:  # the first request only starts the session
+                encode.append(result.timing.encode_ms)
+                denoise.append(result.timing.denoise_ms)
+    finally:
+        engine.close()
+    return statistics.median(encode), statistics.median(denoise), f"{sum(cfg.vae.dim_mult)}"
+
+
 def summary(values: list[float]) -> str:
     return f"p50 {statistics.median(values):6.2f} ms  p99 {np.percentile(values, 99):6.2f} ms"
 
@@ -219,6 +240,7 @@ def main() -> None:
     parser.add_argument("--chunk-requests", type=int, default=6, help="requests per session for chunks/s")
     parser.add_argument("--openpi-python", help="a Python with openpi-client (default: a venv made once)")
     parser.add_argument("--skip-reference", action="store_true", help="leave out openpi's reference server")
+    parser.add_argument("--split-chunks", type=int, default=3, help="chunks per preset for encode/denoise")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -226,6 +248,15 @@ def main() -> None:
         if not args.skip_reference:
             policies = {96: policy, 224: make_policy(Path(tmp) / "policy224", 224)}
             against_reference(openpi_python(args.openpi_python), policies, args.requests)
+        print(
+            "encode stage against denoising, per chunk, in-process, 1 CPU thread (target: encode < denoise):"
+        )
+        for preset, size in (("tiny", 96), ("small", 128)):
+            split_policy = make_policy(Path(tmp) / f"split-{preset}", size, preset)
+            encode, denoise, _ = encode_against_denoise(split_policy, args.split_chunks)
+            verdict = "met" if encode < denoise else "MISSED"
+            figures = f"encode {encode:9.1f} ms  denoise {denoise:9.1f} ms"
+            print(f"  {preset:5s} 2x{size}x{size}  {figures}  ({verdict})")
         print("serving: tiny policy, 2 cameras at 96x96, 8-action chunks, CPU, 127.0.0.1")
         with served(policy, max_batch=8) as url:
             ws = websocket_overheads(url, args.requests)
