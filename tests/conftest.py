@@ -1,11 +1,15 @@
-"""Shared fixtures: a moto S3 server on loopback, both object stores, small episodes."""
+"""Shared fixtures: a moto S3 server on loopback, both object stores, both catalogs, small episodes."""
 
 from __future__ import annotations
 
 import os
+import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -117,44 +121,104 @@ def write_episode(tmp_path: Path, embodiment: EmbodimentSpec) -> WriteEpisode:
 
 # Catalog and platform ------------------------------------------------------------------
 
-PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+PG_ADMIN_URL = f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/test"
+
+
+def postgres_listening(host: str = PG_HOST, port: int = PG_PORT, timeout_s: float = 2.0) -> bool:
+    """Whether anything accepts a TCP connection on the PostgreSQL port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def in_ci(environ: Mapping[str, str] = os.environ) -> bool:
+    """`CI=true` (or 1, yes): a run where a missing PostgreSQL must not pass as a skip."""
+    return environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
+@dataclass(frozen=True)
+class PostgresVerdict:
+    action: Literal["use", "skip", "fail"]
+    reason: str = ""
+
+
+def postgres_verdict(listening: bool, error: BaseException | None, ci: bool) -> PostgresVerdict:
+    """What the PostgreSQL fixture does. Only a server that is not there at all is a skip, and
+    not even that under CI=true; a server that listens but cannot be used (bad credentials, no
+    right to create a database, a missing driver) is an error, never a quiet skip."""
+    where = f"{PG_HOST}:{PG_PORT}"
+    if not listening:
+        reason = f"no PostgreSQL server listens on {where}"
+        if ci:
+            return PostgresVerdict(
+                "fail", f"{reason}; CI=true requires one (the PostgreSQL catalog tests cannot run)"
+            )
+        return PostgresVerdict("skip", reason)
+    if error is not None:
+        return PostgresVerdict(
+            "fail", f"PostgreSQL listens on {where} but cannot be used: {type(error).__name__}: {error}"
+        )
+    return PostgresVerdict("use")
 
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database on the local server for this session, dropped at the end."""
     from sqlalchemy import create_engine, text
-    from sqlalchemy.exc import OperationalError
 
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            name = f"wamfleet_test_{uuid.uuid4().hex[:10]}"
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"no PostgreSQL server reachable at 127.0.0.1:5432 ({type(exc).__name__})")
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    name = f"wamfleet_test_{uuid.uuid4().hex[:10]}"
+    listening = postgres_listening()
+    error: BaseException | None = None
+    admin = None
+    if listening:
+        try:
+            admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        except Exception as exc:  # noqa: BLE001 - judged by postgres_verdict, reported in full
+            error = exc
+            if admin is not None:
+                admin.dispose()
+    verdict = postgres_verdict(listening, error, in_ci())
+    if verdict.action == "skip":
+        pytest.skip(verdict.reason)
+    if verdict.action == "fail":
+        pytest.fail(verdict.reason, pytrace=False)
+    assert admin is not None
+    yield f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/{name}"
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The catalog on SQLite, and on PostgreSQL whenever a server is reachable."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'catalog.db'}"
+@contextmanager
+def catalog_on(kind: str, request: pytest.FixtureRequest, directory: Path) -> Iterator[str]:
+    """A catalog URL: a SQLite file in `directory`, or the session's PostgreSQL database, every
+    table of which is dropped on the way out (so each test starts from an empty schema)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{directory / 'catalog.db'}"
         return
-    base: str = request.getfixturevalue("pg_url")
-    # Each test gets its own schema-free database state: drop every table after it.
-    yield base
+    assert kind == "postgresql", kind
     from sqlalchemy import create_engine, text
 
-    engine = create_engine(base)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    engine.dispose()
+    base: str = request.getfixturevalue("pg_url")
+    try:
+        yield base
+    finally:
+        engine = create_engine(base)
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The catalog on SQLite, and on PostgreSQL (skipped only when no server listens)."""
+    with catalog_on(request.param, request, tmp_path) as url:
+        yield url
 
 
 ADMIN_TOKEN = "admin-test-token"

@@ -22,9 +22,9 @@ from wamfleet.platform.contracts import EmbodimentSpec
 
 
 @pytest.fixture
-def live(tmp_path: Path, embodiment: EmbodimentSpec) -> Iterator[tuple[str, str]]:
-    """A platform API on a loopback port; yields (url, token of robot-1)."""
-    app = create_app(settings_for(tmp_path, f"sqlite:///{tmp_path / 'catalog.db'}"))
+def live(tmp_path: Path, catalog_url: str, embodiment: EmbodimentSpec) -> Iterator[tuple[str, str]]:
+    """A platform API on a loopback port, on each catalog; yields (url, token of robot-1)."""
+    app = create_app(settings_for(tmp_path, catalog_url))
     with serve_in_thread(app) as url:
         httpx.post(
             f"{url}/v1/embodiments", json=embodiment.model_dump(mode="json"), headers=ADMIN
@@ -146,6 +146,8 @@ def test_transient_errors_are_retried_then_succeed(tmp_path: Path) -> None:
     assert calls["n"] == 3
 
 
+# The cap is the agent's token bucket, on the robot's side: the catalog plays no part in it.
+@pytest.mark.parametrize("catalog_url", ["sqlite"], indirect=True)
 def test_bandwidth_cap_limits_average_rate(
     tmp_path: Path, live: tuple[str, str], embodiment: EmbodimentSpec
 ) -> None:
