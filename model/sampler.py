@@ -36,7 +36,15 @@ from wamfleet.model.sequence import (
     split_query,
     state_token,
 )
-from wamfleet.model.transformer import CrossContext, KVCache, TokenMeta, WorldActionModel
+from wamfleet.model.transformer import (
+    BlockSegments,
+    CompileSettings,
+    CrossContext,
+    KVCache,
+    TokenMeta,
+    WorldActionModel,
+    compile_segments,
+)
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -118,11 +126,28 @@ Velocity = Callable[[Tensor, Tensor, bool], Tensor]  # (query tokens, timesteps,
 
 
 class ChunkSampler:
-    """Runs a WorldActionModel in closed loop; `use_cache=False` recomputes history every call."""
+    """Runs a WorldActionModel in closed loop; `use_cache=False` recomputes history every call.
 
-    def __init__(self, model: WorldActionModel, *, use_cache: bool = True) -> None:
+    `compile`: the denoising step's DiT call runs its blocks' per-token segments through
+    `torch.compile` (transformer.compile_segments); the attentions over each session's own
+    cache stay eager, so a compiled step equals the eager one (to float rounding with
+    inductor) and never recompiles for a cache length. Writing a chunk into the cache
+    (`start`, `observe`) stays eager: it runs once per chunk, the step once per DiT step.
+    """
+
+    def __init__(
+        self, model: WorldActionModel, *, use_cache: bool = True, compile: CompileSettings | None = None
+    ) -> None:
         self.model = model
         self.use_cache = use_cache
+        self.compile = compile
+        self.segments: BlockSegments | None = compile_segments(compile) if compile is not None else None
+
+    def _step(self) -> None:
+        """Before each compiled DiT call: with CUDA graphs, a new step of graph replays (the
+        previous call's graph outputs were consumed before this call)."""
+        if self.compile is not None and self.compile.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
 
     @property
     def cfg(self) -> WAMConfig:
@@ -269,7 +294,8 @@ class ChunkSampler:
             cache = session.null_cache if null else session.cache
             assert cross is not None and cache is not None
             if self.use_cache:
-                return self.model.run(query, t, meta, cross, cache)
+                self._step()
+                return self.model.run(query, t, meta, cross, cache, segments=self.segments)
             return self._recomputed(session, cross, query, t, meta)
 
         guided = session.null_cross is not None
@@ -310,9 +336,10 @@ class ChunkSampler:
         null_crosses = [s.null_cross for s in sessions if s.null_cross is not None]
 
         def velocity(query: Tensor, t: Tensor, null: bool) -> Tensor:
+            self._step()
             if null:
-                return self.model.run(query, t, meta, null_crosses, null_caches)
-            return self.model.run(query, t, meta, crosses, caches)
+                return self.model.run(query, t, meta, null_crosses, null_caches, segments=self.segments)
+            return self.model.run(query, t, meta, crosses, caches, segments=self.segments)
 
         channels = self._query_channels(sessions)
         return self._denoise(

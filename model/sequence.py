@@ -99,9 +99,10 @@ def query_tokens(
 ) -> Tensor:
     """(B, Lq, D) tokens of one query: noisy video (B, C, Fc, h, w), actions (B, A, max_action_dim)
     and the chunk's `state_token`; `channels` are the query frames' own I2V channels. Positions
-    come from `query_meta`, so one set of tokens serves sessions at different chunks."""
-    v = model.video_tokens(video, 0, Kind.NOISY, 0, channels)[0]
-    a = model.action_tokens(actions, action_mask, embodiments, 0, 0)[0]
+    come from `query_meta`, so one set of tokens serves sessions at different chunks (and
+    nothing is built on the host and copied to the device at every denoising step)."""
+    v = model.patchify(video, channels)
+    a = model.embed_actions(actions, action_mask, embodiments)
     return torch.cat([v, a, state], dim=1)
 
 

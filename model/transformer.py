@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import partial
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -370,20 +370,118 @@ class Block(nn.Module):
         rope: tuple[Tensor, Tensor],
         attend_self: Callable[[Tensor, Tensor, Tensor], Tensor],
         attend_cross: Callable[[Tensor], Tensor],
+        segments: BlockSegments | None = None,
     ) -> Tensor:
-        """x: (B, L, D) tokens; temb: (B, L, 6, D); `attend_self(q, k, v)` applies the block-causal
-        pattern (and the KV cache), `attend_cross(q)` the instruction."""
-        mods = (self.scale_shift_table.unsqueeze(0) + temb.float()).chunk(6, dim=2)
-        shift, scale, gate, c_shift, c_scale, c_gate = (m.squeeze(2) for m in mods)
-        h = (self.norm1(x.float()) * (1 + scale) + shift).type_as(x)
-        q = self.attn1.query(h, rope)
-        k, v = self.attn1.keys_values(h, rope)
-        x = (x.float() + self.attn1.out(attend_self(q, k, v), h) * gate).type_as(x)
-        h = self.norm2(x.float()).type_as(x)
-        x = x + self.attn2.out(attend_cross(self.attn2.query(h, None)), h)
-        h = (self.norm3(x.float()) * (1 + c_scale) + c_shift).type_as(x)
-        ffn: Tensor = self.ffn(h)
-        return (x.float() + ffn.float() * c_gate).type_as(x)
+        """x: (B, L, D) tokens; temb: (B, L or 1, 6, D); `attend_self(q, k, v)` applies the block-causal
+        pattern (and the KV cache), `attend_cross(q)` the instruction.
+
+        The block is three per-token segments around the two attentions (see BlockSegments);
+        `segments` may be compiled versions of them, the attentions always run as they are.
+        """
+        seg = segments or EAGER_SEGMENTS
+        q, k, v = seg.pre_attention(self, x, temb, *rope)
+        x, q_cross = seg.after_self_attention(self, x, attend_self(q, k, v), temb)
+        return seg.after_cross_attention(self, x, attend_cross(q_cross), temb)
+
+
+def _modulation(block: Block, temb: Tensor, index: int) -> Tensor:
+    """One of the block's six float32 modulations, (B, L or 1, D): its table row plus the timestep's."""
+    return block.scale_shift_table[:, index] + temb[:, :, index].float()
+
+
+def block_pre_attention(
+    block: Block, x: Tensor, temb: Tensor, cos: Tensor, sin: Tensor
+) -> tuple[Tensor, ...]:
+    """Modulated norm, then the self-attention's rotated q, k and v (B, L, heads, head_dim)."""
+    h = (block.norm1(x.float()) * (1 + _modulation(block, temb, 1)) + _modulation(block, temb, 0)).type_as(x)
+    q = block.attn1.query(h, (cos, sin))
+    k, v = block.attn1.keys_values(h, (cos, sin))
+    return q, k, v
+
+
+def block_after_self_attention(
+    block: Block, x: Tensor, attended: Tensor, temb: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The gated self-attention output added to x; then the cross-attention's query."""
+    x = (x.float() + block.attn1.out(attended, x) * _modulation(block, temb, 2)).type_as(x)
+    h = block.norm2(x.float()).type_as(x)
+    return x, block.attn2.query(h, None)
+
+
+def block_after_cross_attention(block: Block, x: Tensor, attended: Tensor, temb: Tensor) -> Tensor:
+    """The cross-attention output added to x, then the modulated, gated feed-forward."""
+    x = x + block.attn2.out(attended, x)
+    h = (block.norm3(x.float()) * (1 + _modulation(block, temb, 4)) + _modulation(block, temb, 3)).type_as(x)
+    ffn: Tensor = block.ffn(h)
+    return (x.float() + ffn.float() * _modulation(block, temb, 5)).type_as(x)
+
+
+@dataclass(frozen=True)
+class BlockSegments:
+    """A block's per-token computation, in the three pieces between its two attentions.
+
+    Every piece maps (B, L, ...) tokens to (B, L, ...) tokens, the same shapes whatever the
+    session's history: during sampling L is one chunk's query, fixed by the config. The
+    self-attention (whose keys grow with the KV cache) and the cross-attention (each session's
+    own instruction) run between them, uncompiled. So these pieces are what `torch.compile`
+    takes (`compile_segments`), and on CUDA what CUDA graphs can capture, shared by every block
+    (a block's weights are inputs, not constants).
+    """
+
+    pre_attention: Callable[[Block, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, ...]]
+    after_self_attention: Callable[[Block, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+    after_cross_attention: Callable[[Block, Tensor, Tensor, Tensor], Tensor]
+
+
+EAGER_SEGMENTS = BlockSegments(block_pre_attention, block_after_self_attention, block_after_cross_attention)
+
+
+@dataclass(frozen=True)
+class CompileSettings:
+    """How `compile_segments` calls `torch.compile` (its own arguments, nothing else).
+
+    `mode` (inductor only): "reduce-overhead" also replays each segment as a CUDA graph (the
+    right choice on a GPU: the segments' shapes are fixed, so a graph recorded once per batch
+    size is replayed at every denoising step of every chunk); "default" fuses kernels without
+    graphs (the CPU's choice); "max-autotune-no-cudagraphs" autotunes the matmuls instead.
+    `backend`: "inductor" generates kernels; "aot_eager" and "eager" (or a callable backend)
+    run the captured graph with PyTorch's own kernels: how the tests check the capture on CPU
+    in seconds.
+    `dynamic`: None is PyTorch's automatic dynamic shapes: the first batch size compiles
+    static, a second one recompiles with the batch dimension symbolic, and no later batch size
+    compiles again (batch 1 keeps its own static graph). False compiles once per batch size.
+    """
+
+    backend: str | Callable[..., Any] = "inductor"
+    mode: str = "default"
+    dynamic: bool | None = None
+
+    @property
+    def cuda_graphs(self) -> bool:
+        return self.backend == "inductor" and self.mode in ("reduce-overhead", "max-autotune")
+
+    @classmethod
+    def for_device(cls, device: torch.device | str) -> CompileSettings:
+        """The recommended settings: CUDA graphs on a GPU, fused kernels on a CPU."""
+        return cls(mode="reduce-overhead" if torch.device(device).type == "cuda" else "default")
+
+
+def compile_segments(settings: CompileSettings) -> BlockSegments:
+    """The block segments through `torch.compile(fullgraph=True)`: one capture each, shared by
+    every block of every model (weights are graph inputs), recompiled only for a new batch size
+    (see CompileSettings.dynamic), never for a session's cache length, which they do not see."""
+    mode = settings.mode if settings.backend == "inductor" else None  # other backends take none
+
+    def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+        return torch.compile(
+            fn, backend=settings.backend, mode=mode, dynamic=settings.dynamic, fullgraph=True
+        )
+
+    return BlockSegments(
+        compiled(block_pre_attention),
+        compiled(block_after_self_attention),
+        compiled(block_after_cross_attention),
+    )
 
 
 class KVCache:
@@ -578,6 +676,14 @@ class WorldActionModel(nn.Module):
         `chunk`: one chunk index for every frame, or (F,) per latent frame. `conditioning`: for
         Wan I2V, the (B, mask + C, F, h, w) first-frame channels of these same frames.
         """
+        tokens = self.patchify(latents, conditioning)
+        f = latents.shape[2] // self.config.patch_size[0]
+        h, w = (n // p for n, p in zip(latents.shape[3:], self.config.patch_size[1:], strict=True))
+        return tokens, self._to_device(video_meta(f, h, w, first_frame, kind, chunk), tokens.device)
+
+    def patchify(self, latents: Tensor, conditioning: Tensor | None = None) -> Tensor:
+        """(B, C, F, h, w) latents -> (B, F*h*w, D) tokens, without their metadata (which
+        `video_tokens` adds): the sampler's query, whose positions come from `query_meta`."""
         x = latents.to(self.dtype)
         if self.config.image_conditioning is not None:
             if conditioning is None or conditioning.shape[2] != latents.shape[2]:
@@ -585,10 +691,7 @@ class WorldActionModel(nn.Module):
                     "conditioning: I2V video tokens need the first-frame channels of their frames"
                 )
             x = torch.cat([x, conditioning.to(self.dtype)], dim=1)
-        x = self.patch_embedding(x)
-        _, _, f, h, w = x.shape
-        tokens = x.flatten(2).transpose(1, 2).contiguous()
-        return tokens, self._to_device(video_meta(f, h, w, first_frame, kind, chunk), tokens.device)
+        return self.patch_embedding(x).flatten(2).transpose(1, 2).contiguous()  # type: ignore[no-any-return]
 
     @staticmethod
     def _to_device(meta: TokenMeta, device: torch.device) -> TokenMeta:
@@ -606,11 +709,15 @@ class WorldActionModel(nn.Module):
         self, actions: Tensor, action_mask: Tensor, embodiments: list[str], chunk: int, frame: int
     ) -> tuple[Tensor, TokenMeta]:
         """(B, A, max_action_dim) padded actions + (B, max_action_dim) mask -> (B, A, D)."""
+        tokens = self.embed_actions(actions, action_mask, embodiments)
+        return tokens, self._to_device(action_meta(actions.shape[1], chunk, frame), tokens.device)
+
+    def embed_actions(self, actions: Tensor, action_mask: Tensor, embodiments: list[str]) -> Tensor:
+        """`action_tokens` without their metadata."""
         b, a, _ = actions.shape
         mask = action_mask.to(actions.dtype)
         inp = torch.cat([actions * mask[:, None, :], mask[:, None, :].expand(b, a, -1)], dim=-1)
-        tokens = self._per_embodiment(self.action_encoders, embodiments, inp) + self.action_pos[:a]
-        return tokens, self._to_device(action_meta(a, chunk, frame), tokens.device)
+        return self._per_embodiment(self.action_encoders, embodiments, inp) + self.action_pos[:a]
 
     def state_tokens(
         self, state: Tensor, state_mask: Tensor, embodiments: list[str], chunk: int, frame: int
@@ -660,14 +767,20 @@ class WorldActionModel(nn.Module):
         cross: CrossContext | list[CrossContext],
         cache: KVCache | list[KVCache] | None = None,
         write_cache: bool = False,
+        segments: BlockSegments | None = None,
     ) -> Tensor:
         """Runs the blocks on `tokens`, attending to `cache` (if any) plus themselves.
 
         `cache`/`cross` as lists: one single-sample session per batch row, each attending to
         its own cache and instruction (no stacking copies). With `write_cache`, these tokens'
-        keys/values stay in the cache as history. Returns the hidden states after the output
-        norm, (B, L, D).
+        keys/values stay in the cache as history. `segments`: the blocks' per-token pieces to
+        use (compiled ones from `compile_segments`; default eager). Returns the hidden states
+        after the output norm, (B, L, D).
         """
+        if timesteps.ndim == 2 and timesteps.shape[1] > 1 and timesteps.stride(1) == 0:
+            # One timestep per sample, expanded (the sampler's query, see query_timesteps): the
+            # modulation broadcasts over the tokens instead of being gathered per token.
+            timesteps = timesteps[:, :1]
         temb, temb6 = self.timestep_embedding(timesteps)
         rope = self.rope(meta.pos)
         layers = len(self.blocks)
@@ -709,7 +822,7 @@ class WorldActionModel(nn.Module):
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 x = cast(Tensor, checkpoint(block, *args, use_reentrant=False))
             else:
-                x = block(*args)
+                x = block(*args, segments=segments)
         if write_cache:
             if isinstance(cache, list):
                 for c, m in zip(cache, metas, strict=True):

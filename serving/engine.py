@@ -28,8 +28,10 @@ import threading
 import time
 import zlib
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -41,7 +43,8 @@ from wamfleet.model.config import WAMConfig
 from wamfleet.model.normalize import QuantileNormalizer, dim_mask, pad_last
 from wamfleet.model.policy import LoadedPolicy
 from wamfleet.model.sampler import ChunkSampler, Session
-from wamfleet.model.sequence import history_capacity
+from wamfleet.model.sequence import history_capacity, query_length
+from wamfleet.model.transformer import CompileSettings
 from wamfleet.platform.contracts.embodiment import EmbodimentSpec, default_observation
 from wamfleet.platform.contracts.protocol import PolicyMetadata, ServerTiming
 from wamfleet.serving import metrics
@@ -120,6 +123,15 @@ class _Pending:
     future: Future[InferResult] = field(default_factory=Future)
 
 
+@dataclass
+class _Task:
+    """Work the batching thread runs between batches (the model is only ever run by that thread:
+    CUDA graphs are recorded per thread)."""
+
+    run: Callable[[], None]
+    future: Future[None] = field(default_factory=Future)
+
+
 @dataclass(frozen=True)
 class CacheWrite:
     """A chunk of real frames written into a phase's cache: at chunk `chunk` of the cache whose
@@ -183,22 +195,85 @@ def session_bytes(cfg: WAMConfig, dtype: torch.dtype, phases: int = MAX_PHASES) 
     return phases * (branches * (self_kv + cross_kv) + latents)
 
 
+def activation_bytes(cfg: WAMConfig, dtype: torch.dtype, batch: int) -> int:
+    """A generous estimate of the memory the work itself needs at its peak: one DiT call over a
+    batch of `batch` queries plus one chunk's encode (requests are encoded one at a time).
+
+    Per query token, a call holds the gathered timestep modulation (6 x dim in `dtype`), a
+    block's float32 residual and norms (4 x dim), q, k, v and the attention output (4 x dim)
+    and the feed-forward's hidden layer twice (2 x ffn_dim); the flash / memory-efficient
+    kernels never hold attention scores (the `dense` kernel's are added). The encode holds a
+    few float32 feature maps of the VAE's first stage over the chunk's frames at the canvas size.
+    """
+    size = torch.tensor([], dtype=dtype).element_size()
+    tokens = batch * query_length(cfg)
+    per_token = 6 * cfg.dim * size + 4 * cfg.dim * 4 + 4 * cfg.dim * size + 2 * cfg.ffn_dim * size
+    dit = tokens * per_token
+    if cfg.attention == "dense":
+        dit += batch * cfg.num_heads * query_length(cfg) * history_capacity(cfg) * 4
+    height, width = cfg.canvas_size
+    encode = 4 * (cfg.video_frames_per_chunk + 1) * height * width * cfg.vae.base_dim * 4
+    return dit + encode
+
+
+HEADROOM_FRACTION = 0.05  # of a GPU's memory, kept free on top of the activations
+MIN_HEADROOM = 2**30
+
+
+def session_budget(
+    per_session: int,
+    sessions: int,
+    *,
+    cuda_free: int | None = None,
+    cuda_total: int = 0,
+    activations: int = 0,
+    host_ram: int = 0,
+) -> int:
+    """Bytes the session caches may hold (the rule `wamfleet serve` applies without
+    --max-session-gib); a pure function of the numbers it is given.
+
+    On a GPU (`cuda_free`: free bytes once the weights are loaded): everything free but a
+    reserve for the work, twice `activations` (one max batch's, see `activation_bytes`) plus
+    5% of the device (at least 1 GiB) for the allocator's fragmentation, compiled kernels'
+    workspaces and CUDA graph pools. Memory a GPU has to spare keeps more robots' caches
+    warm; only a robot beyond that evicts the least recently used one.
+    On a CPU: `sessions` sessions (--max-batch), at most a quarter of `host_ram`.
+    """
+    if cuda_free is not None:
+        reserve = 2 * activations + max(MIN_HEADROOM, int(cuda_total * HEADROOM_FRACTION))
+        return max(1, cuda_free - reserve)
+    return max(1, min(sessions * per_session, host_ram // 4))
+
+
 def default_session_budget(cfg: WAMConfig, dtype: torch.dtype, device: torch.device, sessions: int) -> int:
-    """Room for `sessions` sessions, capped by the device: 80% of free GPU memory, or a quarter
-    of the machine's RAM on a CPU."""
-    want = sessions * session_bytes(cfg, dtype)
+    """`session_budget` for this preset, dtype and device (`sessions`: the largest batch)."""
+    one = session_bytes(cfg, dtype)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        cap = int(free * 0.8)
+        free, total = torch.cuda.mem_get_info(device)
+        budget = session_budget(
+            one,
+            sessions,
+            cuda_free=free,
+            cuda_total=total,
+            activations=activation_bytes(cfg, dtype, sessions),
+        )
     else:
-        cap = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-    if cap < session_bytes(cfg, dtype):
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        budget = session_budget(one, sessions, host_ram=ram)
+    if budget < one:
         log.warning(
             "session memory: one session needs %.2f GiB, %.2f GiB is available; robots will evict each other",
-            session_bytes(cfg, dtype) / 2**30,
-            cap / 2**30,
+            one / 2**30,
+            budget / 2**30,
         )
-    return max(1, min(want, cap))
+    else:
+        log.info(
+            "session memory: %.2f GiB for session caches (%d sessions of up to %.3f GiB)",
+            budget / 2**30,
+            budget // one,
+            one / 2**30,
+        )
+    return budget
 
 
 class SessionStore:
@@ -272,7 +347,11 @@ class PolicyEngine:
         session_ttl_s: float = 600.0,
         max_batch: int = 8,
         seed: int = 0,
+        compile: CompileSettings | None = None,
     ) -> None:
+        """`compile`: run the denoising step's DiT call through torch.compile (see ChunkSampler;
+        `CompileSettings.for_device(device)` is the recommended choice, CUDA graphs on a GPU);
+        None runs it eagerly. Call `warm_up` before serving so compiling happens then."""
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.max_batch = max_batch
@@ -293,7 +372,7 @@ class PolicyEngine:
             QuantileNormalizer.from_dict(entry["action_norm"]) if entry.get("action_norm") else None
         )
         self.cfg = policy.config
-        self.sampler = ChunkSampler(policy.model)
+        self.sampler = ChunkSampler(policy.model, compile=compile)
         self._device = policy.model.device
         if max_session_bytes is None:  # sized for the preset, dtype and device
             max_session_bytes = default_session_budget(self.cfg, policy.model.dtype, self._device, max_batch)
@@ -303,7 +382,7 @@ class PolicyEngine:
         cfg = self.cfg
         self._action_mask = dim_mask(self.spec.action_dim, cfg.max_action_dim).to(self._device)
         self._state_mask = dim_mask(self.spec.state_dim, cfg.max_state_dim).to(self._device)
-        self._queue: queue.Queue[_Pending] = queue.Queue()
+        self._queue: queue.Queue[_Pending | _Task] = queue.Queue()
         self._stopping = threading.Event()
         # One worker owns the model: requests queue up and are denoised in batches.
         self._thread = threading.Thread(target=self._worker, name="wamfleet-batcher", daemon=True)
@@ -519,18 +598,22 @@ class PolicyEngine:
     def _worker(self) -> None:
         """Continuous batching: an idle worker runs a request at once; a batch is whatever queued
         while the previous batch ran, up to max_batch. Nothing ever waits for company."""
+        if self._device.index is not None and self._device.type == "cuda":  # its streams, CUDA graphs
+            torch.cuda.set_device(self._device)
         backlog: list[_Pending] = []  # in arrival order
         while not self._stopping.is_set():
             if not backlog:
                 try:
-                    backlog.append(self._queue.get(timeout=0.1))
+                    self._admit(self._queue.get(timeout=0.1), backlog)
                 except queue.Empty:
                     continue
             while True:
                 try:
-                    backlog.append(self._queue.get_nowait())
+                    self._admit(self._queue.get_nowait(), backlog)
                 except queue.Empty:
                     break
+            if not backlog:
+                continue
             # One session's requests run in order: only its oldest goes into this batch.
             batch: list[_Pending] = []
             keys: set[SessionKey] = set()
@@ -541,6 +624,51 @@ class PolicyEngine:
             taken = {id(item) for item in batch}
             backlog = [item for item in backlog if id(item) not in taken]
             self._run_batch(batch)
+
+    @staticmethod
+    def _admit(item: _Pending | _Task, backlog: list[_Pending]) -> None:
+        """A request joins the backlog; a task runs at once."""
+        if isinstance(item, _Pending):
+            backlog.append(item)
+            return
+        try:
+            item.run()
+        except Exception as exc:  # noqa: BLE001 - handed to the caller
+            item.future.set_exception(exc)
+        else:
+            item.future.set_result(None)
+
+    def warm_up(self, image_size: int = 64) -> None:
+        """Runs requests through the batching thread before serving, so the first robot does not
+        pay for lazy setup: one alone, then (with `max_batch` > 1) two batched together. With
+        `compile` this is when the step compiles: batch 1, then a symbolic batch size that
+        serves every later batch (CUDA graphs are recorded at the first use of each batch size,
+        without compiling). Raises what the requests raised (NonFiniteActions for a broken model);
+        the warm-up sessions are forgotten either way."""
+        if self._stopping.is_set():
+            raise RuntimeError("warm_up: the engine is closed")
+        images = np.zeros((len(self.cfg.cameras), image_size, image_size, 3), np.uint8)
+        state = np.zeros(self.spec.state_dim, np.float32)
+        sizes = [1] if self.max_batch == 1 else [1, 2]
+        keys: list[SessionKey] = []
+        try:
+            for size in sizes:
+                batch = []
+                for i in range(size):
+                    request = InferRequest(f"__warmup__/{size}/{i}", "warm up", images, state)
+                    checked, vector = self.validate(request)
+                    now = time.perf_counter()
+                    batch.append(_Pending(request, checked, vector, None, now, now))
+                    keys.append(request.key)
+                task = _Task(partial(self._run_batch, batch))
+                self._queue.put(task)
+                task.future.result()
+                for pending in batch:
+                    pending.future.result()
+        finally:
+            with self._lock:
+                for key in keys:
+                    self.sessions.drop(key)
 
     @torch.no_grad()
     def _run_batch(self, batch: list[_Pending]) -> None:
@@ -568,9 +696,10 @@ class PolicyEngine:
                 for pending, *_ in ready:
                     pending.future.set_exception(exc)
                 return
+            every = pred[:, :, : self.spec.action_dim].float().cpu().numpy()  # one device sync
             done = time.perf_counter()
             for i, (pending, session, _, _, encoded) in enumerate(ready):
-                actions = pred[i, :, : self.spec.action_dim].float().cpu().numpy()
+                actions = every[i]
                 if self.action_norm is not None:
                     actions = self.action_norm.denormalize(actions)
                 session.chunk_index += 1

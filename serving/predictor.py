@@ -28,6 +28,7 @@ from kserve.errors import InvalidInput
 from numpy.typing import NDArray
 
 from wamfleet.model.policy import load_policy
+from wamfleet.model.transformer import CompileSettings
 from wamfleet.platform.contracts.embodiment import CANONICAL_IMAGES, CANONICAL_STATE
 from wamfleet.platform.contracts.protocol import PolicyMetadata
 from wamfleet.serving.engine import Engine, NonFiniteActions, PolicyEngine, RequestError, new_session_token
@@ -112,9 +113,11 @@ class WAMPredictor(Model):
         max_session_bytes: int | None = None,
         max_batch: int = 8,
         scripted: ScriptedLoaders | None = None,
+        compile: CompileSettings | None = None,
     ) -> None:
         """`scripted`: how to build policies of other kinds (policy.json `kind`), e.g. the
-        simulated fleet's scripted expert; the CLI, which may import the robot side, passes it."""
+        simulated fleet's scripted expert; the CLI, which may import the robot side, passes it.
+        `compile`: the denoising step through torch.compile (see PolicyEngine)."""
         super().__init__(name)
         self.scripted = dict(scripted or {})
         self.max_batch = max_batch
@@ -124,6 +127,7 @@ class WAMPredictor(Model):
         self.device = device
         self.dtype = DTYPES[dtype]
         self.max_session_bytes = max_session_bytes
+        self.compile = compile
         self.engine: Engine | None = None
         self.meta: PolicyMetadata | None = None  # the engine's metadata, read once at load
 
@@ -143,15 +147,17 @@ class WAMPredictor(Model):
             return True
         policy = load_policy(directory, self.device, self.dtype)
         version = self.version or policy.metadata.get("version") or policy.sha256[:12]
-        self.engine = PolicyEngine(
+        engine = PolicyEngine(
             policy,
             version=str(version),
             embodiment=self.embodiment,
             max_session_bytes=self.max_session_bytes,
             max_batch=self.max_batch,
+            compile=self.compile,
         )
-        self.meta = check_mapping(self.engine.metadata())  # a camera no key fills: refused at load
-        self._warm_up()
+        self.engine = engine
+        self.meta = check_mapping(engine.metadata())  # a camera no key fills: refused at load
+        self._warm_up(engine)
         self.ready = True
         return True
 
@@ -160,19 +166,16 @@ class WAMPredictor(Model):
             self.engine.close()
         super().stop()
 
-    def _warm_up(self) -> None:
-        """One inference before reporting ready, so the first robot does not pay for lazy setup."""
-        assert self.engine is not None
-        meta = self.engine.metadata()
-        images = np.zeros((len(meta.cameras), 64, 64, 3), np.uint8)
-        state = np.zeros(meta.state_dim, np.float32)
+    @staticmethod
+    def _warm_up(engine: PolicyEngine) -> None:
+        """Inference before reporting ready (alone and batched; with --compile, compiling), so
+        the first robot does not pay for lazy setup."""
         try:
-            self.engine.infer(EngineRequest("__warmup__", "warm up", images, state))
+            engine.warm_up()
         except NonFiniteActions:
             # The server still comes up: robots get an error for every chunk (never the NaNs),
             # and a rollout's guardrails roll such a version back on their evidence.
             log.warning("warm-up: the policy produced non-finite actions; every request will fail")
-        self.engine.reset("__warmup__")
 
     def get_input_types(self) -> list[dict[str, Any]]:
         """v2 model metadata: the observation mapping's inputs (see `observation.v2_inputs`)."""

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from wamfleet.serving.scripted import ChunkPolicy, ScriptedLoaders
 from wamfleet.platform.contracts.protocol import MAX_MESSAGE_BYTES
 
+COMPILE_MODES = ("reduce-overhead", "default", "max-autotune-no-cudagraphs", "max-autotune")
+
 
 def serve(
     policy: Annotated[
@@ -40,7 +42,26 @@ def serve(
     ] = "fp32",
     max_session_gib: Annotated[
         float | None,
-        typer.Option(min=0, help="Memory for session caches (default: max-batch sessions of this preset)."),
+        typer.Option(
+            min=0,
+            help="Memory for session caches (default: on a GPU, its free memory after the weights less"
+            " a reserve for a max batch's work; on a CPU, max-batch sessions of this preset).",
+        ),
+    ] = None,
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile/--no-compile",
+            help="torch.compile the denoising step (recommended on a GPU: CUDA graphs); compiles at"
+            " start-up, before the server reports ready.",
+        ),
+    ] = False,
+    compile_mode: Annotated[
+        str | None,
+        typer.Option(
+            help="With --compile, inductor's mode: reduce-overhead (CUDA graphs; the GPU's default),"
+            " default (fused kernels; the CPU's), max-autotune-no-cudagraphs."
+        ),
     ] = None,
     max_batch: Annotated[int, typer.Option(min=1, help="Sessions denoised together (1: no batching).")] = 8,
     max_message_mib: Annotated[
@@ -63,6 +84,21 @@ def serve(
         fail(f"--dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         fail(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
+    if compile_mode is not None and compile_mode not in COMPILE_MODES:
+        fail(f"--compile-mode: expected one of {list(COMPILE_MODES)}, got {compile_mode!r}")
+    if compile_mode is not None and not compile:
+        fail("--compile-mode: only with --compile")
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"--device {device}: no CUDA device is visible to this process (torch {torch.__version__})")
+    settings = None
+    if compile:
+        from wamfleet.model.transformer import CompileSettings
+
+        settings = CompileSettings.for_device(device)
+        if compile_mode is not None:
+            settings = CompileSettings(mode=compile_mode)
 
     if policy.startswith(("models:/", "runs:/")) and "MLFLOW_TRACKING_URI" not in os.environ:
         os.environ["MLFLOW_TRACKING_URI"] = load_settings().effective_mlflow_uri  # the platform's registry
@@ -78,6 +114,7 @@ def serve(
         scripted=_scripted_loaders(),
         max_session_bytes=None if max_session_gib is None else int(max_session_gib * 2**30),
         max_batch=max_batch,
+        compile=settings,
     )
     try:
         run(
