@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import statistics
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -228,6 +230,81 @@ def encode_against_denoise(policy: Path, chunks: int) -> tuple[float, float, str
     return statistics.median(encode), statistics.median(denoise), f"{sum(cfg.vae.dim_mult)}"
 
 
+class WaitingBatcherEngine(PolicyEngine):
+    """The reference for continuous batching: the batcher wamfleet had before it, which took
+    the first request, then waited up to `max_wait_ms` for others to join its batch."""
+
+    max_wait_s = 0.005
+
+    def _worker(self) -> None:
+        carry: list[Any] = []
+        while not self._stopping.is_set():
+            batch, carry = carry, []
+            if not batch:
+                try:
+                    batch.append(self._queue.get(timeout=0.1))
+                except queue.Empty:
+                    continue
+            deadline = time.perf_counter() + self.max_wait_s
+            while len(batch) < self.max_batch:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                if any(p.request.key == item.request.key for p in batch):
+                    carry.append(item)  # one session's requests run in order
+                else:
+                    batch.append(item)
+            self._run_batch(batch)
+
+
+def inprocess_throughput(engine: PolicyEngine, sessions: int, requests_each: int) -> tuple[float, float]:
+    """Aggregate chunks/s of `sessions` threads asking at once, and the median queue ms."""
+    queues: list[float] = []
+
+    def robot(k: int) -> None:
+        for i in range(requests_each + 1):
+            images, state = observation(k * 1000 + i)
+            result = engine.infer(InferRequest(f"robot-{k}", "reach", np.stack([images] * 4), state))
+            if i > 0:
+                queues.append(result.timing.queue_ms)
+
+    threads = [threading.Thread(target=robot, args=(k,)) for k in range(sessions)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sessions * (requests_each + 1) / (time.perf_counter() - start), statistics.median(queues)
+
+
+def against_waiting_batcher(policy: Path, requests_each: int, rounds: int = 2) -> None:
+    """Continuous batching against the batcher it replaced, in-process, alternated per round."""
+    print(
+        "continuous batching against the waiting batcher it replaced (in-process, max_batch 8, alternated):"
+    )
+    print("  sessions   continuous chunks/s  queue p50     waiting (5 ms) chunks/s  queue p50")
+    loaded = load_policy(policy)
+    for n in (1, 4, 16):
+        figures: dict[str, list[tuple[float, float]]] = {"continuous": [], "waiting": []}
+        for _ in range(rounds):
+            for name, kind in (("continuous", PolicyEngine), ("waiting", WaitingBatcherEngine)):
+                engine = kind(loaded, version="bench", max_batch=8)
+                try:
+                    figures[name].append(inprocess_throughput(engine, n, requests_each))
+                finally:
+                    engine.close()
+        cont = [statistics.median(v) for v in zip(*figures["continuous"], strict=True)]
+        wait = [statistics.median(v) for v in zip(*figures["waiting"], strict=True)]
+        print(
+            f"  {n:8d}   {cont[0]:19.1f}  {cont[1]:7.2f} ms   {wait[0]:22.1f}  {wait[1]:7.2f} ms"
+            f"   ({cont[0] / wait[0]:.2f}x)"
+        )
+
+
 def summary(values: list[float]) -> str:
     return f"p50 {statistics.median(values):6.2f} ms  p99 {np.percentile(values, 99):6.2f} ms"
 
@@ -257,6 +334,7 @@ def main() -> None:
             verdict = "met" if encode < denoise else "MISSED"
             figures = f"encode {encode:9.1f} ms  denoise {denoise:9.1f} ms"
             print(f"  {preset:5s} 2x{size}x{size}  {figures}  ({verdict})")
+        against_waiting_batcher(policy, args.chunk_requests)
         print("serving: tiny policy, 2 cameras at 96x96, 8-action chunks, CPU, 127.0.0.1")
         with served(policy, max_batch=8) as url:
             ws = websocket_overheads(url, args.requests)
