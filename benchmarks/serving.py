@@ -251,7 +251,7 @@ class WaitingBatcherEngine(PolicyEngine):
                 if remaining <= 0:
                     break
                 try:
-                    item = self._queue.get(timeout=remaining)
+                    item: Any = self._queue.get(timeout=remaining)  # requests only: no warm-up here
                 except queue.Empty:
                     break
                 if any(p.request.key == item.request.key for p in batch):
