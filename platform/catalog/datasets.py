@@ -25,13 +25,6 @@ from wamfleet.platform.contracts.dataset import (
 )
 
 
-def quarantined_ids(session: Session) -> set[str]:
-    rows = session.scalars(
-        select(EpisodeValidation.episode_id).where(EpisodeValidation.status == "quarantined")
-    )
-    return set(rows)
-
-
 def snapshot_episodes(session: Session, query: SnapshotQuery) -> list[SnapshotEpisode]:
     """Committed, not quarantined episodes matching the query (the newest when capped)."""
     stmt = select(Episode).where(
