@@ -65,6 +65,24 @@ def _fast_norms(vae: AutoencoderKLWan) -> AutoencoderKLWan:
     return vae
 
 
+def random_vae(cfg: WAMConfig) -> AutoencoderKLWan:
+    """diffusers' Wan VAE of the configured shape, random weights, identity latent statistics."""
+    v = cfg.vae
+    vae: AutoencoderKLWan = AutoencoderKLWan(
+        base_dim=v.base_dim,
+        z_dim=v.z_dim,
+        dim_mult=list(v.dim_mult),
+        num_res_blocks=v.num_res_blocks,
+        attn_scales=[],
+        temperal_downsample=list(v.temperal_downsample),
+        latents_mean=[0.0] * v.z_dim,
+        latents_std=[1.0] * v.z_dim,
+        scale_factor_temporal=v.temporal_factor,
+        scale_factor_spatial=v.spatial_factor,
+    )
+    return vae
+
+
 def _pretrained_vae(cfg: WAMConfig) -> AutoencoderKLWan:
     """Loads Wan VAE weights from a local dir after checking they produce the configured latents."""
     assert cfg.vae.pretrained is not None
@@ -109,18 +127,7 @@ class VideoCodec(nn.Module):
             std = torch.tensor(self.vae.config["latents_std"], dtype=torch.float32)
         else:
             # Random weights have no known latent statistics: identity until fit_latent_stats.
-            self.vae = AutoencoderKLWan(
-                base_dim=v.base_dim,
-                z_dim=v.z_dim,
-                dim_mult=list(v.dim_mult),
-                num_res_blocks=v.num_res_blocks,
-                attn_scales=[],
-                temperal_downsample=list(v.temperal_downsample),
-                latents_mean=[0.0] * v.z_dim,
-                latents_std=[1.0] * v.z_dim,
-                scale_factor_temporal=v.temporal_factor,
-                scale_factor_spatial=v.spatial_factor,
-            )
+            self.vae = random_vae(cfg)
             mean, std = torch.zeros(v.z_dim), torch.ones(v.z_dim)
         self.register_buffer("latents_mean", mean)
         self.register_buffer("latents_std", std)

@@ -10,7 +10,7 @@ import torch
 from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 
 from wamfleet.model.config import WAMConfig
-from wamfleet.model.vae import VideoCodec
+from wamfleet.model.vae import VideoCodec, random_vae
 
 torch.set_num_threads(1)
 
@@ -191,21 +191,7 @@ def test_fast_rms_norms_compute_what_diffusers_wan_rms_norm_computes(dtype: torc
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
 
     fast = codec(seed=3)
-    torch.manual_seed(3)
-    cfg = tiny()
-    v = cfg.vae
-    reference = AutoencoderKLWan(
-        base_dim=v.base_dim,
-        z_dim=v.z_dim,
-        dim_mult=list(v.dim_mult),
-        num_res_blocks=v.num_res_blocks,
-        attn_scales=[],
-        temperal_downsample=list(v.temperal_downsample),
-        latents_mean=[0.0] * v.z_dim,
-        latents_std=[1.0] * v.z_dim,
-        scale_factor_temporal=v.temporal_factor,
-        scale_factor_spatial=v.spatial_factor,
-    ).eval()
+    reference = random_vae(tiny()).eval()  # diffusers' own, norms untouched
     assert any(type(m) is WanRMS_norm for m in reference.modules())
     assert not any(type(m) is WanRMS_norm for m in fast.vae.modules())
     assert fast.vae.state_dict().keys() == reference.state_dict().keys()
