@@ -70,13 +70,13 @@ class RequestError(ValueError):
     """Bad input from a client; the message names the input."""
 
 
-def _numeric_array(value: Any, name: str) -> NDArray[Any]:
+def numeric_array(value: Any, name: str, *, allow_bool: bool = True) -> NDArray[Any]:
     """An ndarray from whatever a client sent; ragged or nested-object data is the client's error."""
     try:
         array = np.asarray(value)
     except (ValueError, TypeError, OverflowError, RecursionError, MemoryError):
         raise RequestError(f"{name}: expected a rectangular numeric array") from None
-    if array.dtype.kind in "OVSUMmc":
+    if array.dtype.kind in ("OVSUMmc" if allow_bool else "OVSUMmcb"):
         raise RequestError(f"{name}: expected a numeric array, got dtype {array.dtype}")
     return array
 
@@ -417,7 +417,7 @@ class PolicyEngine:
             raise RequestError("instruction: must be a non-empty string")
         if len(request.instruction) > MAX_INSTRUCTION_CHARS:
             raise RequestError(f"instruction: longer than {MAX_INSTRUCTION_CHARS} characters")
-        images = _numeric_array(request.images, "images")
+        images = numeric_array(request.images, "images")
         if images.dtype != np.uint8:
             raise RequestError(f"images: expected dtype uint8, got {images.dtype}")
         if images.ndim == 4:
@@ -435,7 +435,7 @@ class PolicyEngine:
             raise RequestError(
                 f"images: height and width must be within [8, {MAX_IMAGE_SIDE}], got {images.shape}"
             )
-        raw = _numeric_array(request.state, "state")
+        raw = numeric_array(request.state, "state")
         if raw.dtype.kind not in "iuf":  # not bool, text, datetime, complex or objects
             raise RequestError(f"state: expected integers or floats, got dtype {raw.dtype}")
         if raw.size != self.spec.state_dim:

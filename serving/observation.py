@@ -26,25 +26,21 @@ from wamfleet.platform.contracts.embodiment import (
     ObservationMapping,
 )
 from wamfleet.platform.contracts.protocol import PolicyMetadata
-from wamfleet.serving.engine import MAX_FRAMES_PER_REQUEST, MAX_IMAGE_SIDE, MAX_STATE_ABS, RequestError
+from wamfleet.serving.engine import (
+    MAX_FRAMES_PER_REQUEST,
+    MAX_IMAGE_SIDE,
+    MAX_STATE_ABS,
+    RequestError,
+    numeric_array,
+)
 
 MISSING = "missing from the observation"
-
-
-def _array(value: Any, key: str) -> NDArray[Any]:
-    try:
-        array = np.asarray(value)
-    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError):
-        raise RequestError(f"{key}: expected a rectangular numeric array") from None
-    if array.dtype.kind in "OVSUMmcb":
-        raise RequestError(f"{key}: expected a numeric array, got dtype {array.dtype}")
-    return array
 
 
 def _frames(value: Any, source: ImageSource) -> NDArray[np.uint8]:
     """One key's images as [T, views, H, W, 3]."""
     key = source.key
-    images = _array(value, key)
+    images = numeric_array(value, key, allow_bool=False)
     if images.dtype != np.uint8:
         raise RequestError(f"{key}: expected dtype uint8, got {images.dtype}")
     views = len(source.cameras)
@@ -135,7 +131,7 @@ def map_state(
         value = obs.get(source.key)
         if value is None:
             raise RequestError(f"{source.key}: {missing}")
-        raw = _array(value, source.key)
+        raw = numeric_array(value, source.key, allow_bool=False)
         if raw.dtype.kind not in "iuf":
             raise RequestError(f"{source.key}: expected integers or floats, got dtype {raw.dtype}")
         if raw.size != source.size:
