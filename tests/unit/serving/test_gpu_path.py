@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from tests.unit.model.test_compile import CountingBackend
 from tests.unit.serving.policy_support import tiny_policy
 from wamfleet.model.config import WAMConfig
 from wamfleet.model.policy import load_policy
@@ -39,15 +39,6 @@ def fresh_dynamo() -> Iterator[None]:
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
-
-
-class CountingBackend:
-    def __init__(self) -> None:
-        self.graphs = 0
-
-    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
-        self.graphs += 1
-        return gm.forward
 
 
 def test_on_a_gpu_sessions_get_the_free_memory_less_a_reserve_for_the_work() -> None:
