@@ -190,20 +190,19 @@ def episode_mcap(episode_id: uuid.UUID, _: Viewer, state: State, cleanup: Backgr
         robot_id = episode.robot_id
     work = Path(tempfile.mkdtemp(prefix="wamfleet-mcap-"))
     try:
-        download_bundle(state.store, robot_id, episode_id, work / "bundle")
-        out = export_mcap(work / "bundle", work / f"{episode_id}.mcap").path
-    except ObjectNotFound:
-        shutil.rmtree(work, ignore_errors=True)
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND, detail=f"episode {episode_id}: its files are not in the store"
-        ) from None
-    except (BundleIntegrityError, BundleError, ValueError) as exc:
-        shutil.rmtree(work, ignore_errors=True)
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"episode {episode_id}: cannot export it ({exc})"
-        ) from None
+        try:
+            download_bundle(state.store, robot_id, episode_id, work / "bundle")
+            out = export_mcap(work / "bundle", work / f"{episode_id}.mcap").path
+        except ObjectNotFound:
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND, detail=f"episode {episode_id}: its files are not in the store"
+            ) from None
+        except (BundleIntegrityError, BundleError, ValueError) as exc:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"episode {episode_id}: cannot export it ({exc})"
+            ) from None
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)  # on success it goes once the file is sent
         raise
     cleanup.add_task(shutil.rmtree, work, ignore_errors=True)
     return FileResponse(out, media_type=MCAP_MEDIA_TYPE, filename=f"{episode_id}.mcap")

@@ -158,8 +158,17 @@
     return fallback;
   }
 
-  async function api(path, options = {}) {
-    const headers = { Accept: "application/json" };
+  function parseJson(text) {
+    try {
+      return text ? JSON.parse(text) : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** fetch with the token; no answer, or an answer that is not 2xx, is an ApiError naming it. */
+  async function send(path, options = {}) {
+    const headers = { Accept: options.accept || "application/json" };
     if (state.token) headers.Authorization = `Bearer ${state.token}`;
     const init = { method: options.method || "GET", headers };
     if (options.body !== undefined) {
@@ -172,17 +181,15 @@
     } catch (err) {
       throw new ApiError(0, `the platform did not answer (${err.message})`);
     }
-    const text = await response.text();
-    let body = null;
-    try {
-      body = text ? JSON.parse(text) : null;
-    } catch {
-      body = null;
-    }
     if (!response.ok) {
-      throw new ApiError(response.status, `${response.status}: ${describeDetail(body, text || response.statusText)}`);
+      const text = await response.text();
+      throw new ApiError(response.status, `${response.status}: ${describeDetail(parseJson(text), text || response.statusText)}`);
     }
-    return body;
+    return response;
+  }
+
+  async function api(path, options = {}) {
+    return parseJson(await (await send(path, options)).text());
   }
 
   function query(params) {
@@ -417,17 +424,10 @@
 
   /** Fetched with the token (a plain link could not send it), then saved as <id>.mcap. */
   async function downloadMcap(episodeId) {
-    const headers = {};
-    if (state.token) headers.Authorization = `Bearer ${state.token}`;
     say(`Exporting episode ${episodeId} as MCAP…`);
     try {
-      const response = await fetch(`/v1/dashboard/episodes/${encodeURIComponent(episodeId)}/mcap`, { headers });
-      if (!response.ok) {
-        const text = await response.text();
-        let body = null;
-        try { body = JSON.parse(text); } catch { body = null; }
-        throw new ApiError(response.status, `${response.status}: ${describeDetail(body, text || response.statusText)}`);
-      }
+      const path = `/v1/dashboard/episodes/${encodeURIComponent(episodeId)}/mcap`;
+      const response = await send(path, { accept: "application/octet-stream" });
       const url = URL.createObjectURL(await response.blob());
       const a = el("a", { href: url, download: `${episodeId}.mcap` });
       document.body.append(a);
