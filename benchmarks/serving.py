@@ -209,7 +209,7 @@ def stage_split(timings: list[dict[str, float]]) -> str:
     )
 
 
-def encode_against_denoise(policy: Path, chunks: int) -> tuple[float, float, str]:
+def encode_against_denoise(policy: Path, chunks: int) -> tuple[float, float]:
     """Median encode and denoise ms per chunk in one session, each request a whole chunk of new
     frames (the encode stage: the VAE on the chunk, then `observe` writing it into the cache)."""
     loaded = load_policy(policy)
@@ -227,7 +227,7 @@ def encode_against_denoise(policy: Path, chunks: int) -> tuple[float, float, str
                 denoise.append(result.timing.denoise_ms)
     finally:
         engine.close()
-    return statistics.median(encode), statistics.median(denoise), f"{sum(cfg.vae.dim_mult)}"
+    return statistics.median(encode), statistics.median(denoise)
 
 
 class WaitingBatcherEngine(PolicyEngine):
@@ -330,7 +330,7 @@ def main() -> None:
         )
         for preset, size in (("tiny", 96), ("small", 128)):
             split_policy = make_policy(Path(tmp) / f"split-{preset}", size, preset)
-            encode, denoise, _ = encode_against_denoise(split_policy, args.split_chunks)
+            encode, denoise = encode_against_denoise(split_policy, args.split_chunks)
             verdict = "met" if encode < denoise else "MISSED"
             figures = f"encode {encode:9.1f} ms  denoise {denoise:9.1f} ms"
             print(f"  {preset:5s} 2x{size}x{size}  {figures}  ({verdict})")
