@@ -517,6 +517,10 @@ class EpisodeReader:
             raise BundleError(DATA_FILE, "action has nulls in an episode that declares has_actions")
         return self._vectors("action", len(self.manifest.action_names))
 
+    def interventions(self) -> NDArray[np.bool_]:
+        """Per frame: True where a person, not the policy, chose the action."""
+        return np.asarray(self.table.column("intervention").to_numpy(zero_copy_only=False), dtype=bool)
+
     def timestamps(self) -> NDArray[np.float32]:
         return np.asarray(self.table.column("timestamp").to_numpy(), dtype=np.float32)
 

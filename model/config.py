@@ -110,7 +110,10 @@ class WAMConfig(BaseModel):
     flow_shift: float = 5.0
     train_sigmas: Literal["uniform", "logit_normal"] = "uniform"
     loss_weighting: Literal["bell", "none"] = "bell"
-    action_loss_weight: float = 1.0
+    action_loss_weight: float = Field(default=1.0, ge=0)
+    # 0 trains the same backbone on the action loss alone (a direct action regressor, the VLA
+    # baseline of DreamZero's WAM-vs-VLA comparison): video tokens are still inputs, never targets.
+    video_loss_weight: float = Field(default=1.0, ge=0)
     # Sampling.
     inference_steps: int = 8
     solver: Literal["unipc", "euler"] = "unipc"

@@ -186,7 +186,8 @@ def flow_matching_loss(
     err = (action_v.float() - (eps_action - batch.actions)) ** 2 * dims * weights[:, :, None, None]
     denom = dims.expand_as(err).sum().clamp_min(1.0)
     action_loss = err.sum() / denom
-    return LossOutput(video_loss + cfg.action_loss_weight * action_loss, video_loss, action_loss)
+    total = cfg.video_loss_weight * video_loss + cfg.action_loss_weight * action_loss
+    return LossOutput(total, video_loss, action_loss)
 
 
 class FlowMatchingObjective(nn.Module):

@@ -11,7 +11,7 @@ import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, Field
@@ -24,6 +24,11 @@ class TrainerConfig(BaseModel):
     lr: float = Field(default=1e-4, gt=0)
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_steps: int = Field(default=0, ge=0)
+    # After warmup: hold the rate, or follow a cosine down to lr * min_lr_ratio at decay_steps
+    # (a short run's last steps at a small rate settle the action head: see docs/efficacy.md).
+    schedule: Literal["constant", "cosine"] = "constant"
+    decay_steps: int = Field(default=0, ge=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     grad_accum: int = Field(default=1, ge=1)
     max_grad_norm: float = Field(default=1.0, gt=0)
     amp: str = Field(default="auto", pattern="^(auto|bf16|off)$")  # auto: bf16 on CUDA, fp32 on CPU
@@ -67,9 +72,15 @@ class Trainer:
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
 
     def _lr(self) -> float:
-        warm = self.config.warmup_steps
-        scale = min(1.0, (self.step_count + 1) / warm) if warm else 1.0
-        return self.config.lr * scale
+        c = self.config
+        step = self.step_count
+        if c.warmup_steps and step < c.warmup_steps:
+            return c.lr * (step + 1) / c.warmup_steps
+        if c.schedule == "constant" or c.decay_steps <= c.warmup_steps:
+            return c.lr
+        progress = min(1.0, (step - c.warmup_steps) / (c.decay_steps - c.warmup_steps))
+        floor = c.lr * c.min_lr_ratio
+        return floor + (c.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     def step(self, batches: list[WAMBatch]) -> StepMetrics:
         """One optimizer step over `grad_accum` micro-batches."""

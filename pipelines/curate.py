@@ -343,6 +343,8 @@ def _summarise(
 ) -> None:
     report.kept = len(chosen)
     report.video_only_kept = sum(e.video_only for e in chosen)
+    failed = {c.episode_id for c in candidates if c.success is False}
+    report.failed_kept = sum(e.episode_id in failed for e in chosen)
     report.train = sum(e.split == "train" for e in chosen)
     report.holdout = report.kept - report.train
     report.frames_kept = sum(e.stop - e.start for e in chosen)

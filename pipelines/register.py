@@ -21,6 +21,7 @@ from wamfleet.platform.contracts.lineage import (
     CANDIDATE,
     TAG_CODE,
     TAG_DATASET,
+    TAG_FAILED_EPISODES,
     TAG_GATE,
     TAG_PARENT,
     TAG_PIPELINE_RUN,
@@ -37,6 +38,7 @@ class Lineage:
     code_version: str
     pipeline_run: str
     retrain_run: str | None = None
+    failed_episodes: str | None = None  # the curation recipe's rule, when the dataset is known
 
     def tags(self) -> dict[str, str]:
         tags = {
@@ -48,6 +50,8 @@ class Lineage:
         }
         if self.retrain_run:
             tags[TAG_RETRAIN] = self.retrain_run
+        if self.failed_episodes:
+            tags[TAG_FAILED_EPISODES] = self.failed_episodes
         return tags
 
 

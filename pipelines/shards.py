@@ -255,6 +255,7 @@ def build_shards(
                 windows = episode_windows(
                     reader, book.codec, book.cfg, episode.embodiment, state_norm, action_norm,
                     start=episode.start, stop=episode.stop,
+                    failed_episodes=dataset.recipe.failed_episodes,
                 )  # fmt: skip
                 if not windows:
                     skipped[episode.episode_id] = "shorter than one training window"

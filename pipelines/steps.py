@@ -296,6 +296,7 @@ def register_step(
     pipeline_run: str,
     retrain_run_id: str,
 ) -> RegisterOutput:
+    from wamfleet.pipelines.curate import load_curated
     from wamfleet.pipelines.evaluate import EvalReport
     from wamfleet.pipelines.register import Lineage, register_policy
     from wamfleet.pipelines.registry import code_version, configure_mlflow
@@ -303,6 +304,7 @@ def register_step(
     ctx = context()
     configure_mlflow(ctx.settings)
     report = EvalReport.model_validate_json(report_json)
+    recipe = load_curated(ctx.store, snapshot_hash, dataset_hash).recipe
     lineage = Lineage(
         snapshot_hash=snapshot_hash,
         dataset_hash=dataset_hash,
@@ -310,6 +312,7 @@ def register_step(
         code_version=code_version(),
         pipeline_run=pipeline_run or "local",
         retrain_run=retrain_run_id or None,
+        failed_episodes=recipe.failed_episodes,
     )
     registered = register_policy(
         Path(policy_path), ctx.settings.registered_model, mlflow_run_id, report, lineage

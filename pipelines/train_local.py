@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from wamfleet.model.text import TextEncoder
 from wamfleet.model.trainer import Trainer, TrainerConfig
 from wamfleet.model.transformer import WorldActionModel
 from wamfleet.model.vae import VideoCodec
-from wamfleet.pipelines.windows import collate, episode_windows
+from wamfleet.pipelines.windows import FailedEpisodes, collate, episode_windows
 from wamfleet.platform.contracts.embodiment import EmbodimentSpec
 
 LATENT_STATS_CLIPS = 8
@@ -62,7 +62,17 @@ def train_policy(
     seed: int = 0,
     metadata: dict[str, Any] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    failed_episodes: FailedEpisodes = "world_model",
+    config_overrides: dict[str, Any] | None = None,
+    max_windows: int | None = None,
+    device: str = "cpu",
+    lr_schedule: Literal["constant", "cosine"] = "constant",
 ) -> TrainResult:
+    """`failed_episodes`: the curation recipe's rule for episodes that report failure;
+    `config_overrides`: WAMConfig fields over the preset's; `max_windows`: train on this many
+    windows drawn at random (seeded), so datasets of unequal length can train on equal data;
+    `device`: where the transformer trains (the codec encodes the windows on the CPU first);
+    `lr_schedule`: "cosine" decays to a tenth of `lr` over `steps`."""
     if not bundles:
         raise ValueError("bundles: nothing to train on")
     torch.manual_seed(seed)
@@ -71,6 +81,7 @@ def train_policy(
         preset,
         cameras=[c.name for c in spec.cameras],
         embodiments=[{"name": spec.name, "state_dim": spec.state_dim, "action_dim": spec.action_dim}],
+        **(config_overrides or {}),
     )
     readers = [EpisodeReader(Path(b)) for b in bundles]
     state_norm = QuantileNormalizer.fit(np.concatenate([r.states() for r in readers]))
@@ -86,13 +97,22 @@ def train_policy(
     with torch.no_grad():
         codec.fit_latent_stats(clips)
         windows = [
-            w for r in readers for w in episode_windows(r, codec, cfg, spec.name, state_norm, action_norm)
+            w
+            for r in readers
+            for w in episode_windows(
+                r, codec, cfg, spec.name, state_norm, action_norm, failed_episodes=failed_episodes
+            )
         ]
+    if max_windows is not None and len(windows) > max_windows:
+        windows = rng.sample(windows, max_windows)
     if not windows:
         raise ValueError(f"bundles: no episode is long enough for one window ({cfg.context_chunks} chunks)")
     text = TextEncoder(cfg.text)
     model = WorldActionModel(cfg)
-    trainer = Trainer(model, TrainerConfig(lr=lr, warmup_steps=min(20, steps // 5), seed=seed), device="cpu")
+    schedule = TrainerConfig(
+        lr=lr, warmup_steps=min(20, steps // 5), schedule=lr_schedule, decay_steps=steps, seed=seed
+    )
+    trainer = Trainer(model, schedule, device=device)
     losses = []
     for step in range(steps):
         batch = collate(rng.sample(windows, min(batch_size, len(windows))), text, cfg)
@@ -100,7 +120,7 @@ def train_policy(
         losses.append(metrics.loss)
         if on_step is not None:
             on_step(step + 1, metrics.loss)
-    model.eval()
+    model.to("cpu").eval()
     entry = embodiment_entry(spec, state_norm, action_norm)
     sha = save_policy(out_dir, model, codec, embodiments={spec.name: entry}, metadata=metadata or {})
     return TrainResult(Path(out_dir), sha, len(windows), losses)

@@ -4,14 +4,21 @@ A window starting at control step s holds the frame at s, then for chunk k the f
 each `action_stride` steps up to s + (k+1) * A (what the robot saw while executing chunk k),
 the A actions of chunk k, and the state at the chunk's start. Video is encoded chunk by chunk
 (the codec's encode_window), exactly as the sampler encodes executed chunks at inference.
+
+Outcome-aware training: a failed episode still shows the world model what happens, but its
+actions are not imitated. Its windows keep their video and their executed actions (what the
+video follows) but drop out of the action loss, unless every action in the window was a
+person's correction (the frame's `intervention` flag).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import Tensor
 
 from wamfleet.fleet_agent.episode_io import EpisodeReader
@@ -38,6 +45,19 @@ class WindowSample:
     image: Tensor | None = None
 
 
+FailedEpisodes = Literal["world_model", "imitate"]
+
+
+def imitated_frames(reader: EpisodeReader, failed_episodes: FailedEpisodes) -> NDArray[np.bool_] | None:
+    """Frames whose actions the policy should learn to take; None: all of them.
+
+    Only an episode that reports failure is filtered: its interventions are kept (a person chose
+    those actions), the policy's own actions are not."""
+    if failed_episodes == "imitate" or reader.manifest.outcome.success is not False:
+        return None
+    return reader.interventions()
+
+
 def window_starts(num_frames: int, cfg: WAMConfig, chunks: int | None = None) -> list[int]:
     """Control steps where a full window fits, one window per chunk length apart."""
     span = (chunks or cfg.context_chunks) * cfg.actions_per_chunk
@@ -54,6 +74,7 @@ def episode_windows(
     chunks: int | None = None,
     start: int = 0,
     stop: int | None = None,
+    failed_episodes: FailedEpisodes = "world_model",
 ) -> list[WindowSample]:
     """Every window inside frames [start, stop) (curation's trimmed range; default: all)."""
     k = chunks or cfg.context_chunks
@@ -68,6 +89,7 @@ def episode_windows(
     video = np.stack([frames[c] for c in cfg.cameras], axis=1)  # (T, V, H, W, 3)
     states = reader.states()
     actions = reader.actions()
+    imitated = imitated_frames(reader, failed_episodes) if actions is not None else None
     a, stride = cfg.actions_per_chunk, cfg.action_stride
     samples = []
     for s in starts:
@@ -80,7 +102,8 @@ def episode_windows(
                 image, channels = codec.first_frame_conditioning(frame, 1 + k * cfg.latent_frames_per_chunk)
         state_rows = states[[s + c * a for c in range(k)]]
         state_t = pad_last(state_norm.normalize(state_rows) if state_norm else state_rows, cfg.max_state_dim)
-        if actions is not None:
+        imitate = actions is not None and (imitated is None or bool(imitated[s : s + k * a].all()))
+        if actions is not None:  # not imitated: still the executed actions the video follows
             rows = actions[s : s + k * a]
             norm = action_norm.normalize(rows) if action_norm else rows
             action_t = pad_last(norm, cfg.max_action_dim).reshape(k, a, cfg.max_action_dim)
@@ -94,7 +117,7 @@ def episode_windows(
                 states=state_t,
                 action_dim=0 if actions is None else actions.shape[1],
                 state_dim=states.shape[1],
-                has_actions=actions is not None,
+                has_actions=imitate,
                 task=reader.manifest.task,
                 embodiment=embodiment,
                 first_frame_channels=None if channels is None else channels[0],

@@ -36,13 +36,15 @@ def run_expert_episode(
     max_steps: int = 150,
     noise: float = 0.1,
     frames_after_success: int = 4,
+    noise_seed: int | None = None,
 ) -> Outcome:
     """Runs the expert with action noise until success (plus a few frames) or `max_steps`.
 
     The frame at step t pairs the observation before the action with the action taken,
-    as LeRobot records it.
+    as LeRobot records it. The noise is drawn from `noise_seed` (default: the layout `seed`), so
+    one layout can be recorded several times with different noise.
     """
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed if noise_seed is None else noise_seed)
     obs = robot.reset(seed)
     progress = 0.0
     success_at: int | None = None
@@ -69,6 +71,7 @@ def record_expert_episode(
     noise: float = 0.1,
     site: str | None = "sim",
     frames_after_success: int = 4,
+    noise_seed: int | None = None,
 ) -> EpisodeManifest:
     """One expert episode written to `directory` as a finished bundle."""
     with EpisodeWriter(directory, **expert_writer_kwargs(robot, robot_id, seed, site)) as writer:  # type: ignore[arg-type]
@@ -79,5 +82,6 @@ def record_expert_episode(
             max_steps=max_steps,
             noise=noise,
             frames_after_success=frames_after_success,
+            noise_seed=noise_seed,
         )
         return writer.close(outcome)

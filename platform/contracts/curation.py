@@ -97,6 +97,14 @@ class CurationRecipe(BaseModel):
         ge=0,
         description="per-frame change (fraction of the episode's range) below which state/action is idle",
     )
+    failed_episodes: Literal["world_model", "imitate"] = Field(
+        default="world_model",
+        description=(
+            "what an episode whose outcome is a failure trains: 'world_model' keeps its video (the "
+            "world model learns what happened) and masks its actions from the action loss, except "
+            "frames flagged as interventions (a person's corrections); 'imitate' trains its actions too"
+        ),
+    )
     embedding_frames: int = Field(
         default=16, ge=2, le=INT8_MAX, description="frames per camera in the embedding"
     )
@@ -164,6 +172,9 @@ class CurationReport(BaseModel):
     capped_per_task: int = Field(default=0, ge=0)
     kept: int = Field(default=0, ge=0)
     video_only_kept: int = Field(default=0, ge=0)
+    failed_kept: int = Field(
+        default=0, ge=0, description="kept episodes whose outcome is a failure (see failed_episodes)"
+    )
     train: int = Field(default=0, ge=0)
     holdout: int = Field(default=0, ge=0)
     frames_in: int = Field(default=0, ge=0, description="frames of the analysed episodes")

@@ -13,4 +13,7 @@ TAG_CODE = "wamfleet.code_version"
 TAG_PIPELINE_RUN = "wamfleet.pipeline_run"
 TAG_RETRAIN = "wamfleet.retrain_run"
 TAG_GATE = "wamfleet.gate"
-LINEAGE_TAGS = (TAG_SNAPSHOT, TAG_DATASET, TAG_PARENT, TAG_CODE, TAG_PIPELINE_RUN)
+# How episodes that failed were trained on (the curation recipe's failed_episodes): imitated, or
+# only for the world model. Two versions that differ here learned different things from one snapshot.
+TAG_FAILED_EPISODES = "wamfleet.failed_episodes"
+LINEAGE_TAGS = (TAG_SNAPSHOT, TAG_DATASET, TAG_PARENT, TAG_CODE, TAG_PIPELINE_RUN, TAG_FAILED_EPISODES)

@@ -107,6 +107,7 @@ def test_demo_quick_turns_the_whole_flywheel_and_reports_it(tmp_path: Path) -> N
         for tag in LINEAGE_TAGS:
             assert version.tags.get(tag), f"version {number} lacks the lineage tag {tag}"
         assert version.tags["wamfleet.parent_version"] == expected_parent
+        assert version.tags["wamfleet.failed_episodes"] == "world_model"  # outcome-aware by default
         assert version.tags[TAG_RETRAIN] == run_id and version.tags["wamfleet.snapshot"] == snapshot
         metrics = client.get_run(str(version.run_id)).data.metrics
         assert {"eval_success_rate", "eval_offline_action_mse", "final_loss", "train_loss"} <= set(metrics)

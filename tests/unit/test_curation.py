@@ -95,6 +95,7 @@ def write_blob_episode(
     tags: dict[str, str] | None = None,
     crf: int = 23,
     pixel_noise: int = 0,
+    success: bool | None = True,
 ) -> EpisodeManifest:
     """One bundle; `defect` plants exactly one fault: frozen, black, gap, dropped, nan or spike."""
     positions = trajectory(seed, frames, still_start, still_end)
@@ -142,7 +143,7 @@ def write_blob_episode(
             writer.add_frame(
                 frame, states[i], None if video_only else actions[i], timestamp=float(timestamps[i])
             )
-        return writer.close(Outcome(success=True))
+        return writer.close(Outcome(success=success))
 
 
 def snapshot_entry(directory: Path, **overrides: Any) -> SnapshotEpisode:
@@ -318,7 +319,7 @@ def test_curate_removes_planted_near_duplicates_and_keeps_video_only(tmp_path: P
     b = tmp_path / "bundles"
     originals = [b / f"seed-{s}" for s in (11, 12, 13)]
     for s, directory in zip((11, 12, 13), originals, strict=True):
-        write_blob_episode(directory, seed=s)
+        write_blob_episode(directory, seed=s, success=s != 13)  # one failure: kept, counted
     # Written later, so their UUIDv7 ids sort after the originals: the originals stay.
     write_blob_episode(b / "re-encoded", seed=11, crf=32)
     write_blob_episode(b / "noisy", seed=12, pixel_noise=3)
@@ -347,6 +348,7 @@ def test_curate_removes_planted_near_duplicates_and_keeps_video_only(tmp_path: P
     assert report.dropped == dict.fromkeys(DROP_REASONS, 0) | {"non_finite": 1}
     assert [d.episode_id for d in report.dropped_episodes] == [episode_id(b / "nan")]
     assert report.duplicates_removed == 2 and report.kept == 4 and report.video_only_kept == 1
+    assert report.failed_kept == 1
     assert report.frames_in == 7 * FRAMES and report.frames_kept == 4 * FRAMES
     assert report.per_task["stack the blocks"].model_dump() == {
         "episodes_in": 7,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,18 @@ def test_frozen_model_is_refused() -> None:
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         Trainer(model, device="cpu")
+
+
+def test_cosine_schedule_warms_up_then_decays_to_its_floor() -> None:
+    config = TrainerConfig(lr=1e-3, warmup_steps=2, schedule="cosine", decay_steps=10, min_lr_ratio=0.1)
+    trainer = Trainer(tiny_model(), config, device="cpu")
+    rates = []
+    for step in range(12):
+        trainer.step_count = step
+        rates.append(trainer._lr())
+    assert rates[:3] == pytest.approx([5e-4, 1e-3, 1e-3])  # warmup, then the peak
+    assert all(a > b for a, b in itertools.pairwise(rates[2:11]))  # decays every step
+    assert rates[10] == pytest.approx(1e-4) and rates[11] == pytest.approx(1e-4)  # floor held
+    constant = Trainer(tiny_model(), TrainerConfig(lr=1e-3, warmup_steps=2), device="cpu")
+    constant.step_count = 9
+    assert constant._lr() == pytest.approx(1e-3)
