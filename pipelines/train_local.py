@@ -71,7 +71,7 @@ def train_policy(
     """`failed_episodes`: the curation recipe's rule for episodes that report failure;
     `config_overrides`: WAMConfig fields over the preset's; `max_windows`: train on this many
     windows drawn at random (seeded), so datasets of unequal length can train on equal data;
-    `device`: where the transformer trains (the codec encodes the windows on the CPU first);
+    `device`: where the windows are encoded and the transformer trains;
     `lr_schedule`: "cosine" decays to a tenth of `lr` over `steps`."""
     if not bundles:
         raise ValueError("bundles: nothing to train on")
@@ -88,7 +88,7 @@ def train_policy(
     with_actions = [a for r in readers if (a := r.actions()) is not None]
     action_norm = QuantileNormalizer.fit(np.concatenate(with_actions)) if with_actions else None
 
-    codec = VideoCodec(cfg).eval()
+    codec = VideoCodec(cfg).eval().to(device)  # on a GPU the windows encode there too
     clips = []
     for reader in readers[:LATENT_STATS_CLIPS]:
         n = min(reader.num_frames, 1 + 4 * 4)
@@ -121,6 +121,7 @@ def train_policy(
         if on_step is not None:
             on_step(step + 1, metrics.loss)
     model.to("cpu").eval()
+    codec.to("cpu")
     entry = embodiment_entry(spec, state_norm, action_norm)
     sha = save_policy(out_dir, model, codec, embodiments={spec.name: entry}, metadata=metadata or {})
     return TrainResult(Path(out_dir), sha, len(windows), losses)
