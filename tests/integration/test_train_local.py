@@ -52,3 +52,28 @@ def test_trained_policy_serves(tmp_path: Path) -> None:
         assert np.abs(out.actions).max() < 5 * np.abs(recorded).max() + 1
     finally:
         engine.close()
+
+
+def test_max_windows_and_config_overrides_shape_the_training(tmp_path: Path) -> None:
+    """Equal data for unequal datasets (benchmarks/efficacy.py's diversity arms), and the
+    action-only baseline through a config override."""
+    robot = MetaWorldRobot("reach-v3", image_size=48)
+    try:
+        dirs = [tmp_path / f"e{i}" for i in range(2)]
+        for i, d in enumerate(dirs):
+            record_expert_episode(
+                robot, d, robot_id="sim-1", seed=2 * i, max_steps=60, frames_after_success=60
+            )
+    finally:
+        robot.close()
+    result = train_policy(
+        dirs,
+        tmp_path / "policy",
+        robot.embodiment,
+        steps=2,
+        max_windows=2,
+        config_overrides={"video_loss_weight": 0.0},
+        lr_schedule="cosine",
+    )
+    assert result.windows == 2  # 60-frame episodes hold 4 windows each; 2 were drawn
+    assert load_policy(result.policy_dir).config.video_loss_weight == 0.0
