@@ -250,19 +250,28 @@ def apply_caps(
 
 
 def assign_splits(
-    episodes: list[SnapshotEpisode], analyses: dict[str, EpisodeAnalysis], fraction: float
+    episodes: list[SnapshotEpisode],
+    analyses: dict[str, EpisodeAnalysis],
+    fraction: float,
+    failed_episodes: str = "world_model",
 ) -> dict[str, Literal["train", "holdout"]]:
-    """Holdout when the id's draw < fraction; video-only episodes (no actions to evaluate) always
-    train, and if every episode drew holdout the one with the highest draw trains instead. A small
-    dataset (3+ episodes with actions) where none drew holdout still sets its lowest draw aside,
-    so offline evaluation always has something to measure."""
+    """Holdout when the id's draw < fraction; episodes without actions to evaluate always train
+    (video-only ones, and failed ones when `failed_episodes` is "world_model": their actions are
+    no target), and if every episode drew holdout the one with the highest draw trains instead. A
+    small dataset (3+ episodes with actions to evaluate) where none drew holdout still sets its
+    lowest draw aside, so offline evaluation always has something to measure."""
+
+    def evaluable(e: SnapshotEpisode) -> bool:
+        failed_not_imitated = failed_episodes == "world_model" and e.success is False
+        return not analyses[e.episode_id].video_only and not failed_not_imitated
+
     splits: dict[str, Literal["train", "holdout"]] = {}
     for e in episodes:
-        holdout = not analyses[e.episode_id].video_only and holdout_draw(e.episode_id) < fraction
+        holdout = evaluable(e) and holdout_draw(e.episode_id) < fraction
         splits[e.episode_id] = "holdout" if holdout else "train"
     if episodes and "train" not in splits.values():
         splits[max(episodes, key=lambda e: holdout_draw(e.episode_id)).episode_id] = "train"
-    acted = [e for e in episodes if not analyses[e.episode_id].video_only]
+    acted = [e for e in episodes if evaluable(e)]
     if fraction > 0 and len(acted) >= MIN_EPISODES_FOR_HOLDOUT and "holdout" not in splits.values():
         splits[min(acted, key=lambda e: holdout_draw(e.episode_id)).episode_id] = "holdout"
     return splits
@@ -307,7 +316,7 @@ def build_dataset(
     removed = {d.episode_id for d in report.duplicates}
     unique = [e for e in passed if e.episode_id not in removed]
     selected, report.capped_per_environment, report.capped_per_task = apply_caps(unique, analyses, recipe)
-    splits = assign_splits(selected, analyses, recipe.holdout_fraction)
+    splits = assign_splits(selected, analyses, recipe.holdout_fraction, recipe.failed_episodes)
 
     chosen = []
     for episode in selected:

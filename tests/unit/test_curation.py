@@ -501,6 +501,15 @@ def test_video_only_episodes_always_train() -> None:
     assert set(assign_splits(snapshot.episodes, analyses, 0.9).values()) == {"train"}
 
 
+def test_failed_episodes_train_unless_imitated() -> None:
+    """A failed episode's actions are no target under outcome-aware training: never held out for
+    offline action error (a holdout of only failed episodes measured nothing, issue 18)."""
+    snapshot, analyses = fake_snapshot([("lab", {"layout-seed": str(i)}, False, 50) for i in range(20)])
+    assert set(assign_splits(snapshot.episodes, analyses, 0.9).values()) == {"train"}
+    imitated = assign_splits(snapshot.episodes, analyses, 0.9, failed_episodes="imitate")
+    assert "holdout" in imitated.values()
+
+
 def test_dataset_hash_is_stable_and_covers_the_recipe() -> None:
     snapshot, analyses = fake_snapshot([("lab", {"layout-seed": str(i)}, True, 50) for i in range(6)])
     ok = {e.episode_id for e in snapshot.episodes}
