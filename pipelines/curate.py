@@ -31,7 +31,9 @@ from wamfleet.platform.contracts.curation import (
     CurationReport,
     DroppedEpisode,
     Duplicate,
+    FailedEpisodes,
     GroupCounts,
+    actions_are_targets,
     curated_key,
     dataset_hash,
 )
@@ -253,7 +255,7 @@ def assign_splits(
     episodes: list[SnapshotEpisode],
     analyses: dict[str, EpisodeAnalysis],
     fraction: float,
-    failed_episodes: str = "world_model",
+    failed_episodes: FailedEpisodes = "world_model",
 ) -> dict[str, Literal["train", "holdout"]]:
     """Holdout when the id's draw < fraction; episodes without actions to evaluate always train
     (video-only ones, and failed ones when `failed_episodes` is "world_model": their actions are
@@ -262,8 +264,7 @@ def assign_splits(
     lowest draw aside, so offline evaluation always has something to measure."""
 
     def evaluable(e: SnapshotEpisode) -> bool:
-        failed_not_imitated = failed_episodes == "world_model" and e.success is False
-        return not analyses[e.episode_id].video_only and not failed_not_imitated
+        return not analyses[e.episode_id].video_only and actions_are_targets(e.success, failed_episodes)
 
     splits: dict[str, Literal["train", "holdout"]] = {}
     for e in episodes:

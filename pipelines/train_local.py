@@ -25,7 +25,8 @@ from wamfleet.model.text import TextEncoder
 from wamfleet.model.trainer import Trainer, TrainerConfig
 from wamfleet.model.transformer import WorldActionModel
 from wamfleet.model.vae import VideoCodec
-from wamfleet.pipelines.windows import FailedEpisodes, collate, episode_windows
+from wamfleet.pipelines.windows import collate, episode_windows
+from wamfleet.platform.contracts.curation import FailedEpisodes
 from wamfleet.platform.contracts.embodiment import EmbodimentSpec
 
 LATENT_STATS_CLIPS = 8

@@ -14,7 +14,6 @@ person's correction (the frame's `intervention` flag).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -27,6 +26,7 @@ from wamfleet.model.normalize import QuantileNormalizer, dim_mask, pad_last
 from wamfleet.model.objective import WAMBatch
 from wamfleet.model.text import TextEncoder
 from wamfleet.model.vae import VideoCodec
+from wamfleet.platform.contracts.curation import FailedEpisodes, actions_are_targets
 
 
 @dataclass
@@ -45,15 +45,12 @@ class WindowSample:
     image: Tensor | None = None
 
 
-FailedEpisodes = Literal["world_model", "imitate"]
-
-
 def imitated_frames(reader: EpisodeReader, failed_episodes: FailedEpisodes) -> NDArray[np.bool_] | None:
     """Frames whose actions the policy should learn to take; None: all of them.
 
     Only an episode that reports failure is filtered: its interventions are kept (a person chose
     those actions), the policy's own actions are not."""
-    if failed_episodes == "imitate" or reader.manifest.outcome.success is not False:
+    if actions_are_targets(reader.manifest.outcome.success, failed_episodes):
         return None
     return reader.interventions()
 

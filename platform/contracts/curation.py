@@ -39,6 +39,15 @@ def curated_key(snapshot_hash: str, dataset_hash: str) -> str:
     return f"datasets/{snapshot_hash}/curated/{dataset_hash}.json"
 
 
+FailedEpisodes = Literal["world_model", "imitate"]
+
+
+def actions_are_targets(success: bool | None, failed_episodes: FailedEpisodes) -> bool:
+    """Whether an episode's own actions are for the policy to learn (and to be evaluated on):
+    not a failed one under outcome-aware training ("world_model")."""
+    return failed_episodes == "imitate" or success is not False
+
+
 class CurationRecipe(BaseModel):
     """Thresholds of every filter; part of the dataset hash, so a changed recipe is a new dataset."""
 
@@ -97,7 +106,7 @@ class CurationRecipe(BaseModel):
         ge=0,
         description="per-frame change (fraction of the episode's range) below which state/action is idle",
     )
-    failed_episodes: Literal["world_model", "imitate"] = Field(
+    failed_episodes: FailedEpisodes = Field(
         default="world_model",
         description=(
             "what an episode whose outcome is a failure trains: 'world_model' keeps its video (the "
