@@ -37,16 +37,16 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np
 import torch
 
-from wamfleet.fleet_agent.episode_io import EpisodeReader, EpisodeWriter
+from wamfleet.fleet_agent.episode_io import EpisodeReader
 from wamfleet.fleet_agent.sim.drive import drive_episode, evaluate_closed_loop
-from wamfleet.fleet_agent.sim.expert import expert_writer_kwargs, record_expert_episode
+from wamfleet.fleet_agent.sim.expert import record_expert_episode, run_expert_episode
 from wamfleet.fleet_agent.sim.fleet import eval_layout_seed, layout_seed
 from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot, sawyer_embodiment
 from wamfleet.fleet_agent.spool import Spool
@@ -83,7 +83,7 @@ class Profile:
     fleet_episodes_per_task: int  # (e): episodes v1 drives per task
     max_steps: int = 150
     hold: int = 4  # frames recorded after success
-    lr_schedule: str = "cosine"  # to lr / 10 over the steps (Trainer's "cosine")
+    lr_schedule: Literal["constant", "cosine"] = "cosine"  # cosine: to lr / 10 over the steps
     device: str = "cpu"
     config_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -183,8 +183,11 @@ class Runner:
 
     # Data --------------------------------------------------------------------------------------
 
-    def record_expert(self, seed: int, name: str, layouts: dict[str, list[tuple[int, int]]]) -> list[str]:
-        """Expert episodes per task at (layout seed, noise seed); bundle directories."""
+    def record_expert(
+        self, seed: int, name: str, layouts: dict[str, list[tuple[int, int]]], video_only: bool = False
+    ) -> list[str]:
+        """Expert episodes per task at (layout seed, noise seed); bundle directories. `video_only`:
+        the actions removed (what a human video offers)."""
 
         def build() -> list[str]:
             out = []
@@ -202,28 +205,11 @@ class Runner:
                                 noise_seed=noise,
                                 max_steps=self.profile.max_steps,
                                 frames_after_success=self.profile.hold,
+                                video_only=video_only,
                             )
                         out.append(str(directory))
                 finally:
                     robot.close()
-            return out
-
-        return list(self.unit(f"seed{seed}/data/{name}", build))
-
-    def record_video_only(self, seed: int, name: str, task: str, layouts: list[int]) -> list[str]:
-        """The expert's episodes of `task` with the actions removed (what a human video offers)."""
-
-        def build() -> list[str]:
-            out = []
-            robot = MetaWorldRobot(task, self.profile.image_size)
-            try:
-                for k, layout in enumerate(layouts):
-                    directory = self.work / f"seed{seed}" / "data" / name / f"{task}-{k}"
-                    if not (directory / "manifest.json").exists():
-                        write_video_only(robot, directory, layout, self.profile)
-                    out.append(str(directory))
-            finally:
-                robot.close()
             return out
 
         return list(self.unit(f"seed{seed}/data/{name}", build))
@@ -285,7 +271,7 @@ class Runner:
                 config_overrides=overrides,
                 max_windows=max_windows,
                 device=p.device,
-                lr_schedule="cosine" if p.lr_schedule == "cosine" else "constant",
+                lr_schedule=p.lr_schedule,
                 **options,
             )
             seconds = time.perf_counter() - started
@@ -352,46 +338,27 @@ class Runner:
         return dict(self.unit(key, build))
 
 
-def write_video_only(robot: MetaWorldRobot, directory: Path, layout: int, profile: Profile) -> None:
-    kwargs = expert_writer_kwargs(robot, "efficacy-video", layout)
-    kwargs["tags"] = dict(kwargs["tags"]) | {"video-only": "expert-actions-removed"}  # type: ignore[call-overload]
-    rng = np.random.default_rng(layout)
-    with EpisodeWriter(directory, video_only=True, **kwargs) as writer:  # type: ignore[arg-type]
-        obs = robot.reset(layout)
-        success_at = None
-        for step in range(profile.max_steps):
-            result = robot.step(robot.expert_action(rng))
-            writer.add_frame(obs.images, obs.state)
-            obs = result
-            if result.success and success_at is None:
-                success_at = step
-            if success_at is not None and step - success_at >= profile.hold:
-                break
-        from wamfleet.platform.contracts.episode import Outcome
-
-        writer.close(Outcome(success=success_at is not None))
-
-
 def expert_on_eval_layouts(task: str, seed: int, profile: Profile) -> dict[str, Any]:
     """The scripted expert (with the recording's action noise) on the evaluation layouts."""
     robot = MetaWorldRobot(task, profile.image_size)
-    successes, progress = 0, []
     try:
-        for k in range(profile.eval_episodes):
-            layout = eval_layout_seed(seed, task, k)
-            rng = np.random.default_rng(layout)
-            robot.reset(layout)
-            best = 0.0
-            for _ in range(profile.max_steps):
-                result = robot.step(robot.expert_action(rng))
-                best = max(best, result.progress)
-                if result.success:
-                    break
-            successes += int(best >= 1.0)
-            progress.append(best)
+        outcomes = [
+            run_expert_episode(
+                robot,
+                None,
+                seed=eval_layout_seed(seed, task, k),
+                max_steps=profile.max_steps,
+                frames_after_success=0,
+            )
+            for k in range(profile.eval_episodes)
+        ]
     finally:
         robot.close()
-    return {"successes": successes, "episodes": profile.eval_episodes, "progress": float(np.mean(progress))}
+    return {
+        "successes": sum(bool(o.success) for o in outcomes),
+        "episodes": len(outcomes),
+        "progress": float(np.mean([o.progress or 0.0 for o in outcomes])),
+    }
 
 
 def count_windows(bundles: list[str], cfg: WAMConfig) -> int:
@@ -432,8 +399,12 @@ def run_seed(runner: Runner, seed: int, experiments: set[str]) -> None:
     if "c" in experiments or "d" in experiments:
         runner.evaluate(seed, "wam", wam, (p.heldout_task,))
     if "c" in experiments:
-        layouts = [layout_seed(seed, f"efficacy-video/{p.heldout_task}", k) for k in range(n)]
-        video = runner.record_video_only(seed, "video-only", p.heldout_task, layouts)
+        video_layouts = {
+            p.heldout_task: [
+                (layout_seed(seed, f"efficacy-video/{p.heldout_task}", k),) * 2 for k in range(n)
+            ]
+        }
+        video = runner.record_expert(seed, "video-only", video_layouts, video_only=True)
         with_video = runner.train(seed, "wam+video", diverse + video, max_windows=max_windows)
         runner.evaluate(seed, "wam+video", with_video, (p.heldout_task,))
     if "d" in experiments:

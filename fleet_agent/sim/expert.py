@@ -30,7 +30,7 @@ def expert_writer_kwargs(
 
 def run_expert_episode(
     robot: MetaWorldRobot,
-    writer: EpisodeWriter,
+    writer: EpisodeWriter | None,
     *,
     seed: int,
     max_steps: int = 150,
@@ -41,8 +41,9 @@ def run_expert_episode(
     """Runs the expert with action noise until success (plus a few frames) or `max_steps`.
 
     The frame at step t pairs the observation before the action with the action taken,
-    as LeRobot records it. The noise is drawn from `noise_seed` (default: the layout `seed`), so
-    one layout can be recorded several times with different noise.
+    as LeRobot records it (a video-only writer gets no actions; without a writer nothing is
+    recorded, only measured). The noise is drawn from `noise_seed` (default: the layout `seed`),
+    so one layout can be recorded several times with different noise.
     """
     rng = np.random.default_rng(seed if noise_seed is None else noise_seed)
     obs = robot.reset(seed)
@@ -51,7 +52,9 @@ def run_expert_episode(
     for step in range(max_steps):
         action = robot.expert_action(rng, noise)
         result = robot.step(action)
-        writer.add_frame(obs.images, obs.state, action, reward=result.reward, success=result.success)
+        if writer is not None:
+            recorded = action if writer.has_actions else None
+            writer.add_frame(obs.images, obs.state, recorded, reward=result.reward, success=result.success)
         progress = max(progress, result.progress)
         obs = result
         if result.success and success_at is None:
@@ -72,9 +75,12 @@ def record_expert_episode(
     site: str | None = "sim",
     frames_after_success: int = 4,
     noise_seed: int | None = None,
+    video_only: bool = False,
 ) -> EpisodeManifest:
-    """One expert episode written to `directory` as a finished bundle."""
-    with EpisodeWriter(directory, **expert_writer_kwargs(robot, robot_id, seed, site)) as writer:  # type: ignore[arg-type]
+    """One expert episode written to `directory` as a finished bundle; `video_only`: without its
+    actions (what a video of someone else doing the task offers)."""
+    kwargs = expert_writer_kwargs(robot, robot_id, seed, site)
+    with EpisodeWriter(directory, video_only=video_only, **kwargs) as writer:  # type: ignore[arg-type]
         outcome = run_expert_episode(
             robot,
             writer,

@@ -16,25 +16,17 @@ from wamfleet.model.transformer import WorldActionModel
 from wamfleet.model.vae import VideoCodec
 from wamfleet.pipelines.windows import episode_windows, imitated_frames
 from wamfleet.platform.contracts.curation import CurationRecipe
-from wamfleet.platform.contracts.embodiment import CameraSpec, EmbodimentSpec
+from wamfleet.platform.contracts.embodiment import EmbodimentSpec
 from wamfleet.platform.contracts.episode import Outcome
 
 FRAMES = 40
 
 
 @pytest.fixture
-def embodiment() -> EmbodimentSpec:
-    """Two cameras of one size: the model tiles views of equal shape."""
-    return EmbodimentSpec(
-        name="test-arm",
-        cameras=[
-            CameraSpec(name="front", height=32, width=32),
-            CameraSpec(name="wrist", height=32, width=32),
-        ],
-        fps=15,
-        state_names=["j0", "j1", "j2"],
-        action_names=["a0", "a1"],
-    )
+def embodiment(embodiment: EmbodimentSpec) -> EmbodimentSpec:
+    """conftest's arm with both cameras at one size: the model tiles views of equal shape."""
+    cameras = [c.model_copy(update={"height": 32, "width": 32}) for c in embodiment.cameras]
+    return embodiment.model_copy(update={"cameras": cameras})
 
 
 def record(
