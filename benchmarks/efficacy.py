@@ -165,8 +165,6 @@ class Runner:
     work: Path
     state: State
     deadline: float | None
-    mlflow_uri: str
-    threads: int
 
     def unit(self, key: str, build: Callable[[], Any]) -> Any:
         done = self.state.get(key)
@@ -594,7 +592,7 @@ def main() -> None:
     mlflow.set_experiment("wamfleet-efficacy")
     deadline = time.monotonic() + 60 * args.budget_minutes if args.budget_minutes else None
     state = State(work / "state.json")
-    runner = Runner(profile, work, state, deadline, mlflow_uri, args.threads)
+    runner = Runner(profile, work, state, deadline)
     finished = True
     try:
         for seed in seeds:
