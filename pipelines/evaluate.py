@@ -30,6 +30,7 @@ class PolicyScores(BaseModel):
     offline_video_mse: float | None = None
     holdout_windows: int = 0
     success_rate: float | None = None
+    successes: int = 0
     episodes: int = 0
     per_task: dict[str, float] = Field(default_factory=dict)
     heldout_task_success: float | None = None
@@ -61,6 +62,9 @@ class EvalReport(BaseModel):
                     out[f"{prefix}_{name}"] = float(value)
             for task, rate in scores.per_task.items():
                 out[f"{prefix}_success_{task}"] = rate
+            if scores.episodes:  # the counts behind success_rate, for intervals
+                out[f"{prefix}_successes"] = float(scores.successes)
+                out[f"{prefix}_episodes"] = float(scores.episodes)
         out["gate_passed"] = float(self.gate.passed)
         return out
 
@@ -121,6 +125,7 @@ def closed_loop_scores(
             )
             total = sum(t.episodes for t in report.tasks.values())
             scores.episodes = total
+            scores.successes = sum(t.successes for t in report.tasks.values())
             scores.success_rate = sum(t.successes for t in report.tasks.values()) / total if total else None
             scores.per_task = {name: t.success_rate for name, t in report.tasks.items()}
             p50 = report.latency_p50_s
@@ -138,6 +143,12 @@ def closed_loop_scores(
     return scores
 
 
+def _success(scores: PolicyScores) -> str:
+    """'0.60 (6/10)': the rate with the count behind it, when it was counted."""
+    rate = f"{scores.success_rate:.2f}"
+    return f"{rate} ({scores.successes}/{scores.episodes})" if scores.episodes else rate
+
+
 def decide_gate(
     candidate: PolicyScores, champion: PolicyScores | None, margin: float, min_success: float
 ) -> GateDecision:
@@ -145,18 +156,19 @@ def decide_gate(
     if candidate.success_rate is not None:
         if candidate.success_rate < min_success:
             return GateDecision(
-                passed=False, reason=f"success {candidate.success_rate:.2f} < floor {min_success:.2f}"
+                passed=False, reason=f"success {_success(candidate)} < floor {min_success:.2f}"
             )
         if champion is None or champion.success_rate is None:
             return GateDecision(
                 passed=True,
-                reason=f"success {candidate.success_rate:.2f} >= floor {min_success:.2f}; no champion",
+                reason=f"success {_success(candidate)} >= floor {min_success:.2f}; no champion",
             )
         bar = champion.success_rate - margin
         passed = candidate.success_rate >= bar
         verb = ">=" if passed else "<"
         reason = (
-            f"success {candidate.success_rate:.2f} {verb} champion {champion.success_rate:.2f} - {margin:.2f}"
+            f"success {_success(candidate)} {verb} champion {_success(champion)} - {margin:.2f}"
+            " on the same held-out layouts"
         )
         return GateDecision(passed=passed, reason=reason)
     mse = candidate.offline_action_mse

@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,6 +38,7 @@ class FinetuneConfig(BaseModel):
     steps: int = Field(default=150, gt=0)
     batch_size: int = Field(default=8, gt=0, description="per worker")
     lr: float = Field(default=3e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
     seed: int = 0
     workers: int = Field(default=1, ge=1)
     use_gpu: bool = False
@@ -96,7 +97,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )
         trainer = Trainer(
             model,
-            TrainerConfig(lr=cfg.lr, warmup_steps=min(20, cfg.steps // 5), seed=cfg.seed + rank),
+            TrainerConfig(
+                lr=cfg.lr,
+                warmup_steps=min(20, cfg.steps // 5),
+                schedule=cfg.lr_schedule,
+                decay_steps=cfg.steps,
+                seed=cfg.seed + rank,
+            ),
             device=str(device),
             objective=objective,
         )

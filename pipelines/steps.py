@@ -182,8 +182,10 @@ def finetune_step(
         steps=params.steps,
         batch_size=params.batch_size,
         lr=params.lr,
+        lr_schedule=params.lr_schedule,
         seed=params.seed,
         workers=params.workers,
+        threads_per_worker=params.threads_per_worker,
         use_gpu=params.use_gpu,
     )
     with mlflow.start_run(experiment_id=experiment, run_name=f"finetune-{index.dataset_hash[:12]}") as run:
@@ -194,6 +196,7 @@ def finetune_step(
                 "steps": params.steps,
                 "batch_size": params.batch_size,
                 "lr": params.lr,
+                "lr_schedule": params.lr_schedule,
                 "workers": params.workers,
                 "seed": params.seed,
                 "preset": index.config.get("preset", params.preset),

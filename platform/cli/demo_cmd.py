@@ -61,7 +61,17 @@ def demo(
         str | None, typer.Option(help="Comma-separated Meta-World tasks, rotated over the robots.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Fleet seed for object layouts and action noise.")] = 0,
-    train_steps: Annotated[int | None, typer.Option(min=1, help="Training steps of each retrain.")] = None,
+    train_steps: Annotated[
+        int | None, typer.Option(min=1, help="Training steps of the first retrain (a new model).")
+    ] = None,
+    resume_steps: Annotated[
+        int | None,
+        typer.Option(min=1, help="Training steps of the second retrain (it resumes from the champion)."),
+    ] = None,
+    eval_episodes: Annotated[
+        int | None,
+        typer.Option(min=1, max=100, help="Closed-loop evaluation episodes per task and version."),
+    ] = None,
     serve: Annotated[
         bool | None,
         typer.Option(
@@ -83,13 +93,18 @@ def demo(
         overrides["tasks"] = parse_tasks(tasks)
     if train_steps is not None:
         overrides["train_steps"] = train_steps
+    if resume_steps is not None:
+        overrides["resume_steps"] = resume_steps
+    if eval_episodes is not None:
+        overrides["eval_episodes"] = eval_episodes
     chosen = dataclasses.replace(chosen, **overrides)  # type: ignore[arg-type]
     base = load_settings()
     settings = base.model_copy(update={"data_dir": (data_dir or base.data_dir / "demo").resolve()})
     console.print(
         f"wamfleet demo, {chosen.name} profile: {chosen.robots} robots x {chosen.episodes_per_robot} "
-        f"episodes, {', '.join(chosen.tasks)}, model preset {chosen.preset}, {chosen.train_steps} steps "
-        f"per retrain; data in {settings.data_dir}"
+        f"episodes, {', '.join(chosen.tasks)}, model preset {chosen.preset} at {chosen.image_size} px, "
+        f"{chosen.train_steps} + {chosen.resume_steps} training steps, {chosen.eval_episodes} evaluation "
+        f"layouts per task; data in {settings.data_dir}"
     )
     keep_serving = sys.stdin.isatty() and sys.stdout.isatty() if serve is None else serve
     run_demo(settings, chosen, console, keep_serving)

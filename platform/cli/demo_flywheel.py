@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
 import shutil
 import signal
@@ -31,7 +32,7 @@ from wamfleet.fleet_agent.sim.fleet import FleetMode
 from wamfleet.fleet_agent.sim.tasks import DEFAULT_TASKS
 from wamfleet.platform.cli.admin_client import AdminClient
 from wamfleet.platform.cli.common import fail
-from wamfleet.platform.cli.demo_report import DemoReport, write_report
+from wamfleet.platform.cli.demo_report import DemoReport, eval_text, write_report
 from wamfleet.platform.cli.fleet_cmd import simulate_fleet
 from wamfleet.platform.cli.mlflow_ui import start_mlflow_ui
 from wamfleet.platform.contracts.ingest import EpisodeSummary
@@ -56,9 +57,11 @@ class DemoProfile:
     image_size: int
     max_steps: int
     preset: str
-    train_steps: int
+    train_steps: int  # a new model's retrain
+    resume_steps: int  # a retrain resuming from the champion: it starts from a policy that acts
     batch_size: int
     curation_workers: int  # Ray Data workers; 0: in-process (on 2 cores Ray Data only breaks even)
+    train_threads: int  # CPUs the Ray Train worker reserves (capped at the machine's)
     use_gpu: bool
     eval_episodes: int
     rollout_episodes: int  # each robot drives at least this many episodes per rollout
@@ -69,17 +72,21 @@ class DemoProfile:
 PROFILES = {
     "quick": DemoProfile(
         name="quick",
-        robots=3,
-        episodes_per_robot=2,
+        # Sized so the policy acts (docs/efficacy.md): 10 expert episodes per task, the tiny WAM at
+        # 64 px, 600 steps of batch 16 on a cosine schedule; 5 held-out layouts per task and version.
+        robots=4,
+        episodes_per_robot=5,
         tasks=DEFAULT_TASKS,
-        image_size=96,
+        image_size=64,
         max_steps=150,
         preset="tiny",
-        train_steps=40,
-        batch_size=8,
+        train_steps=600,
+        resume_steps=200,
+        batch_size=16,
         curation_workers=0,
+        train_threads=2,
         use_gpu=False,
-        eval_episodes=1,
+        eval_episodes=5,
         rollout_episodes=2,
         latency_budget_ms=30_000,  # CPU policy servers share two cores with the robots
     ),
@@ -92,8 +99,10 @@ PROFILES = {
         max_steps=150,
         preset="small",
         train_steps=3000,
+        resume_steps=1000,
         batch_size=32,
         curation_workers=4,
+        train_threads=4,
         use_gpu=True,
         eval_episodes=3,
         rollout_episodes=4,
@@ -258,6 +267,12 @@ def _turn(
         summary, settings, profile, admin, console, parent="champion", reason="demo: the fleet's own episodes"
     )
 
+    if not second.candidate:
+        # The pipeline's evaluation (candidate against champion on the same held-out layouts) is
+        # what admits a version to the fleet: a version that failed it never reaches a robot.
+        step(console, 5, f"version {second.version} failed its evaluation gate: it is not rolled out")
+        console.print(f"version {first.version} stays champion")
+        return
     step(console, 5, f"version {second.version} against the champion: shadow, then canary")
     roll_out(
         summary,
@@ -327,9 +342,10 @@ def retrain(
     params = RetrainParams(
         parent=parent,
         preset=profile.preset,
-        steps=profile.train_steps,
+        steps=profile.train_steps if parent == "none" else profile.resume_steps,
         batch_size=profile.batch_size,
         curation_workers=profile.curation_workers,
+        threads_per_worker=max(1, min(profile.train_threads, os.cpu_count() or 1)),
         use_gpu=profile.use_gpu,
         seed=profile.seed,
         eval_episodes=profile.eval_episodes,
@@ -366,12 +382,21 @@ def retrain(
         parent=parent,
         seconds=time.monotonic() - started,
     )
-    gate = "gate passed: alias candidate" if result.candidate else "gate failed: no candidate alias"
-    console.print(
-        f"registered {settings.registered_model}/{result.version} ({gate}) in {outcome.seconds:.0f} s"
-    )
+    console.print(f"registered {settings.registered_model}/{result.version} in {outcome.seconds:.0f} s")
+    verdict = "passed: alias candidate" if result.candidate else "failed: no candidate alias"
+    console.print(f"evaluation gate {verdict}; {gate_reason(settings, result.version)}")
     summary.retrains.append(outcome)
     return outcome
+
+
+def gate_reason(settings: Settings, version: str) -> str:
+    """What the register step wrote on the version: closed-loop success on held-out layouts
+    against the champion's on the same layouts (or the offline error when nothing drove)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.effective_mlflow_uri)
+    description = client.get_model_version(settings.registered_model, version).description or ""
+    return description.removeprefix("gate: ") or "no reason recorded"
 
 
 def roll_out(
@@ -458,7 +483,7 @@ def print_summary(summary: DemoSummary, console: Console) -> None:
             f"{report.model_name}/{v.version}",
             v.parent or "none",
             ", ".join(v.aliases) or "-",
-            "-" if v.eval_success_rate is None else f"{v.eval_success_rate:.2f}",
+            eval_text(v),
             f"{v.fleet_successes}/{v.fleet_episodes}",
             "-" if v.latency_p95_ms is None else f"{v.latency_p95_ms:.0f} ms",
         )

@@ -26,6 +26,7 @@ from wamfleet.platform.contracts.episode import EpisodeSource
 from wamfleet.platform.contracts.ingest import EpisodeSummary
 from wamfleet.platform.contracts.lineage import TAG_PARENT
 from wamfleet.platform.contracts.rollout import TAG_LATENCY_P95_MS
+from wamfleet.platform.rollouts.gates import wilson_interval, z_value
 from wamfleet.platform.settings import Settings
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ class VersionRow(BaseModel):
     train_steps: int = 0
     final_train_loss: float | None = None
     eval_success_rate: float | None = Field(default=None, description="pipeline evaluation, held-out layouts")
+    eval_successes: int | None = None
+    eval_episodes: int | None = None
     eval_action_mse: float | None = None
     gate_passed: bool | None = None
     fleet_episodes: int = 0
@@ -107,6 +110,24 @@ def _task_of(e: EpisodeSummary) -> str:
     return e.tags.get("env", e.task)
 
 
+def _count(metric: float | None) -> int | None:
+    return None if metric is None else round(metric)
+
+
+def interval95(successes: int, episodes: int) -> tuple[float, float]:
+    """Two-sided 95% Wilson interval: each bound at 97.5%, as the rollout gates compute it."""
+    return wilson_interval(successes, episodes, z_value(0.975))
+
+
+def eval_text(v: VersionRow) -> str:
+    """'6/10 = 0.60 [0.31, 0.83]': the evaluation's count, rate and 95% interval."""
+    if v.eval_successes is None or not v.eval_episodes:
+        return "-" if v.eval_success_rate is None else f"{v.eval_success_rate:.2f}"
+    low, high = interval95(v.eval_successes, v.eval_episodes)
+    rate = v.eval_successes / v.eval_episodes
+    return f"{v.eval_successes}/{v.eval_episodes} = {rate:.2f} [{low:.2f}, {high:.2f}]"
+
+
 def gather(
     admin: AdminClient, settings: Settings, profile: str, dashboard_url: str, mlflow_url: str
 ) -> tuple[DemoReport, dict[str, list[float]], dict[str, list[float]]]:
@@ -146,6 +167,8 @@ def gather(
                 train_steps=len(curves[mv.version]),
                 final_train_loss=curves[mv.version][-1] if curves[mv.version] else None,
                 eval_success_rate=mv.metrics.get("eval_success_rate"),
+                eval_successes=_count(mv.metrics.get("eval_successes")),
+                eval_episodes=_count(mv.metrics.get("eval_episodes")),
                 eval_action_mse=mv.metrics.get("eval_offline_action_mse"),
                 gate_passed=None if gate is None else gate >= 0.5,
                 fleet_episodes=len(driven),
@@ -259,20 +282,28 @@ def plot_curves(curves: dict[str, list[float]]) -> str:
 
 
 def plot_success(report: DemoReport) -> str:
+    """Success per version, evaluation (held-out layouts) beside the fleet's, with 95% intervals."""
     fig, ax = _figure()
     names = [f"v{v.version}" for v in report.versions]
     x = list(range(len(names)))
-    ax.bar(
-        [i - 0.2 for i in x], [v.eval_success_rate or 0.0 for v in report.versions], 0.4, label="evaluation"
-    )
-    ax.bar([i + 0.2 for i in x], [v.fleet_success_rate or 0.0 for v in report.versions], 0.4, label="fleet")
-    for i, v in enumerate(report.versions):
-        ax.annotate(
-            f"{v.fleet_successes}/{v.fleet_episodes}", (i + 0.2, v.fleet_success_rate or 0.0), ha="center"
-        )
+    for offset, label, counts in (
+        (-0.2, "evaluation", [(v.eval_successes, v.eval_episodes) for v in report.versions]),
+        (0.2, "fleet", [(v.fleet_successes, v.fleet_episodes) for v in report.versions]),
+    ):
+        rates, low, high = [], [], []
+        for k, n in counts:
+            rate = k / n if k is not None and n else 0.0
+            lo, hi = interval95(k, n) if k is not None and n else (0.0, 0.0)
+            rates.append(rate)
+            low.append(rate - lo)
+            high.append(hi - rate)
+        ax.bar([i + offset for i in x], rates, 0.4, label=label, yerr=[low, high], capsize=4)
+        for i, (k, n) in enumerate(counts):
+            if n:
+                ax.annotate(f"{k}/{n}", (i + offset, 0.02), ha="center", fontsize="small")
     ax.set_xticks(x, names)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("success rate")
+    ax.set_ylabel("success rate (95% Wilson interval)")
     ax.set_title("Closed-loop success per version")
     ax.legend(fontsize="small")
     return _png(fig)
@@ -321,7 +352,7 @@ def render_html(report: DemoReport, curves: dict[str, list[float]], latencies: d
                 ", ".join(v.aliases) or "-",
                 str(v.train_steps),
                 "-" if v.final_train_loss is None else f"{v.final_train_loss:.3f}",
-                _pct(v.eval_success_rate),
+                eval_text(v),
                 {True: "passed", False: "failed", None: "-"}[v.gate_passed],
                 f"{_pct(v.fleet_success_rate)} ({v.fleet_successes}/{v.fleet_episodes})",
                 "-" if v.latency_p95_ms is None else f"{v.latency_p95_ms:.0f} ms",

@@ -30,10 +30,17 @@ class RetrainParams(BaseModel):
     steps: int = Field(default=150, gt=0, le=INT8_MAX)
     batch_size: int = Field(default=8, gt=0, le=INT8_MAX)
     lr: float = Field(default=3e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        default="cosine",
+        description="after warmup: hold lr, or decay it along a cosine to lr / 10 at the last step",
+    )
     curation_workers: int = Field(
         default=2, ge=0, le=INT8_MAX, description="Ray Data curation workers (0: in-process)"
     )
     workers: int = Field(default=1, ge=1, le=INT8_MAX, description="Ray Train data-parallel workers")
+    threads_per_worker: int = Field(
+        default=1, ge=1, le=INT8_MAX, description="CPUs each Ray Train worker reserves and trains on"
+    )
     use_gpu: bool = False
     seed: int = Field(default=0, ge=INT8_MIN, le=INT8_MAX)
     eval_episodes: int = Field(

@@ -18,11 +18,14 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from wamfleet.platform.cli.demo_flywheel import PROFILES
 from wamfleet.platform.cli.demo_report import DemoReport
 from wamfleet.platform.contracts.lineage import LINEAGE_TAGS, TAG_RETRAIN
 
-# The quick demo takes 6-10 minutes on two shared cores: more than the suite's 600 s default.
-DEMO_TIMEOUT_S = 1500
+# The quick demo takes 11-14 minutes on two cores: more than the suite's 600 s default.
+DEMO_TIMEOUT_S = 1800
+QUICK = PROFILES["quick"]
+EXPERT_EPISODES = QUICK.robots * QUICK.episodes_per_robot
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(DEMO_TIMEOUT_S + 60)]
 
 
@@ -55,39 +58,51 @@ def test_demo_quick_turns_the_whole_flywheel_and_reports_it(tmp_path: Path) -> N
     assert [v.version for v in report.versions] == ["1", "2"]
     v1, v2 = report.versions
     assert v1.parent == "none" and v2.parent == "1"
-    for v in (v1, v2):
+    for v, steps in ((v1, QUICK.train_steps), (v2, QUICK.resume_steps)):
         assert v.eval_success_rate is not None and 0.0 <= v.eval_success_rate <= 1.0
-        assert v.train_steps == 40 and v.final_train_loss is not None
-    assert v1.fleet_episodes >= 3 and v1.fleet_success_rate is not None  # it drove the fleet
+        assert v.eval_episodes == QUICK.eval_episodes * len(QUICK.tasks) and v.eval_successes is not None
+        assert v.train_steps == steps and v.final_train_loss is not None
+    # The policy acts: version 1 solves held-out layouts in the pipeline's evaluation (0/10 would
+    # mean the quick profile no longer learns: see docs/efficacy.md) and the fleet's own episodes.
+    assert (v1.eval_successes or 0) >= 1, v1
+    assert v1.fleet_episodes >= QUICK.robots and v1.fleet_successes >= 1, v1
+    assert re.search(r"evaluation gate passed: alias candidate; success 0\.\d\d \(\d+/10\)", out)
     assert v1.latency_p95_ms is not None
-    first, second = report.rollouts
+    first = report.rollouts[0]
     assert (first.candidate_version, first.champion_version, first.final_stage) == ("1", None, "completed")
     assert [(d.action, d.to_stage) for d in first.decisions] == [
         ("start", "canary"),
         ("advance", "full"),
         ("complete", "completed"),
     ]
-    assert (second.candidate_version, second.champion_version) == ("2", "1")
-    assert second.final_stage in ("completed", "rolled_back")
-    assert [(d.action, d.to_stage) for d in second.decisions][:2] == [
-        ("start", "shadow"),
-        ("advance", "canary"),
-    ]
-    assert second.decisions[-1].to_stage == second.final_stage
-    if second.final_stage == "completed":
-        assert v2.fleet_episodes >= 1 and "champion" in v2.aliases and "previous" in v1.aliases
+    if not v2.gate_passed:  # version 2 lost to version 1 in evaluation: it never reaches a robot
+        assert len(report.rollouts) == 1 and "failed its evaluation gate" in out
+        assert "champion" in v1.aliases and v2.fleet_episodes == 0
+        second = None
     else:
-        assert "champion" in v1.aliases and "candidate" not in v2.aliases
-    assert report.episodes == 6 + report.autonomous_episodes
+        second = report.rollouts[1]
+        assert (second.candidate_version, second.champion_version) == ("2", "1")
+        assert second.final_stage in ("completed", "rolled_back")
+        assert [(d.action, d.to_stage) for d in second.decisions][:2] == [
+            ("start", "shadow"),
+            ("advance", "canary"),
+        ]
+        assert second.decisions[-1].to_stage == second.final_stage
+        if second.final_stage == "completed":
+            assert v2.fleet_episodes >= 1 and "champion" in v2.aliases and "previous" in v1.aliases
+        else:
+            assert "champion" in v1.aliases and "candidate" not in v2.aliases
+    assert report.episodes == EXPERT_EPISODES + report.autonomous_episodes
     assert sum(sum(c.values()) for c in report.episodes_by_task_and_robot.values()) == report.episodes
     (funnel1, funnel2) = report.curation
-    assert funnel1.steps[0] == ("in snapshot", 6)
-    assert funnel2.steps[0][1] > 6  # the second retrain saw the fleet's autonomous episodes too
+    assert funnel1.steps[0] == ("in snapshot", EXPERT_EPISODES)
+    assert funnel2.steps[0][1] > EXPERT_EPISODES  # the second retrain saw the fleet's autonomous episodes too
 
     page = (demo / "report" / "index.html").read_text()
     assert "wamfleet-policy/1" in page and "wamfleet-policy/2" in page
-    assert f'data-testid="rollout-stage">{second.final_stage}<' in page
-    assert second.decisions[-1].reason.split(";")[0] in page.replace("&gt;", ">").replace("&lt;", "<")
+    last = second or first
+    assert f'data-testid="rollout-stage">{last.final_stage}<' in page
+    assert last.decisions[-1].reason.split(";")[0] in page.replace("&gt;", ">").replace("&lt;", "<")
     assert len(re.findall(r'src="data:image/png;base64,', page)) == 5
     assert report.dashboard_url.endswith("/dashboard") and report.mlflow_url.startswith("http://127.0.0.1:")
     assert f"dashboard: {report.dashboard_url}" in out and f"MLflow UI: {report.mlflow_url}" in out
@@ -117,6 +132,6 @@ def test_demo_quick_turns_the_whole_flywheel_and_reports_it(tmp_path: Path) -> N
 
     # The expert episodes were downloaded, verified and exported as LeRobot v3.
     info = json.loads((demo / "lerobot" / "meta" / "info.json").read_text())
-    assert info["total_episodes"] == 6
+    assert info["total_episodes"] == EXPERT_EPISODES
     assert list((demo / "objects" / "uploads").rglob("*")) == []  # staging emptied after commit
     assert list(demo.glob("spool*/*/ready/*")) == []  # every robot's spool drained

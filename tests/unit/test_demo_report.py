@@ -57,7 +57,9 @@ def _report() -> DemoReport:
             VersionRow(
                 version="1",
                 parent="none",
-                eval_success_rate=0.5,
+                eval_success_rate=0.6,
+                eval_successes=6,
+                eval_episodes=10,
                 fleet_episodes=2,
                 fleet_successes=1,
                 fleet_success_rate=0.5,
@@ -96,6 +98,8 @@ def test_page_names_versions_success_and_decisions_and_escapes_text() -> None:
     page = render_html(_report(), {"1": [2.0, 1.0], "2": [1.0, 0.8]}, {"1": [100.0, 120.0], "2": []})
     assert "wamfleet-policy/1" in page and "wamfleet-policy/2" in page
     assert "50% (1/2)" in page and "0% (0/1)" in page
+    assert "6/10 = 0.60 [0.31, 0.83]" in page  # the evaluation's count, rate and 95% Wilson interval
+    assert "<td>0.00</td>" in page  # a version evaluated before counts were logged: its rate alone
     assert 'data-testid="rollout-stage">rolled_back<' in page
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert len(re.findall(r'src="data:image/png;base64,[A-Za-z0-9+/=]{100,}"', page)) == 5

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wamfleet.pipelines.evaluate import PolicyScores, decide_gate
+from wamfleet.pipelines.evaluate import EvalReport, PolicyScores, decide_gate
 from wamfleet.pipelines.pipeline import CONFIG_ENV, SECRET_ENV, compile_pipeline
 
 STEPS = ["snapshot", "validate", "curate", "shards", "finetune", "evaluate", "register"]
@@ -70,3 +70,16 @@ def test_gate_against_the_champion(
 def test_gate_floor_applies_even_without_a_champion() -> None:
     decision = decide_gate(scores(0.2), None, margin=0.1, min_success=0.5)
     assert not decision.passed and "floor" in decision.reason
+
+
+def test_gate_reason_and_metrics_carry_the_counts_behind_each_rate() -> None:
+    candidate = PolicyScores(version="2", success_rate=0.6, successes=6, episodes=10)
+    champion = PolicyScores(version="1", success_rate=0.5, successes=5, episodes=10)
+    decision = decide_gate(candidate, champion, margin=0.1, min_success=0.0)
+    assert decision.passed and "0.60 (6/10)" in decision.reason and "0.50 (5/10)" in decision.reason
+    report = EvalReport(
+        candidate=candidate, champion=champion, gate=decision, tasks=["t"], heldout_tasks=[], seed=0
+    )
+    metrics = report.metrics()
+    assert (metrics["eval_successes"], metrics["eval_episodes"]) == (6.0, 10.0)
+    assert (metrics["champion_successes"], metrics["champion_episodes"]) == (5.0, 10.0)
