@@ -54,11 +54,10 @@ from wamfleet.model.config import WAMConfig
 from wamfleet.model.policy import load_policy
 from wamfleet.pipelines.train_local import train_policy
 from wamfleet.pipelines.windows import window_starts
-from wamfleet.platform.rollouts.gates import wilson_interval
+from wamfleet.platform.rollouts.gates import wilson_interval95
 from wamfleet.serving.engine import PolicyEngine
 from wamfleet.serving.local_client import EnginePolicyClient
 
-Z95 = 1.959964  # two-sided 95%: each Wilson bound at 97.5%
 EXPERIMENTS = {
     "a": "wam-vs-expert",
     "b": "diversity",
@@ -436,7 +435,7 @@ def pooled(
         names = tasks if task == "overall" else (task,)
         k = sum(r[t]["successes"] for _, r in done for t in names)
         m = sum(r[t]["episodes"] for _, r in done for t in names)
-        low, high = wilson_interval(k, m, Z95)
+        low, high = wilson_interval95(k, m)
         rows[task] = {
             "successes": k,
             "episodes": m,

@@ -126,7 +126,7 @@ def closed_loop_scores(
             total = sum(t.episodes for t in report.tasks.values())
             scores.episodes = total
             scores.successes = sum(t.successes for t in report.tasks.values())
-            scores.success_rate = sum(t.successes for t in report.tasks.values()) / total if total else None
+            scores.success_rate = scores.successes / total if total else None
             scores.per_task = {name: t.success_rate for name, t in report.tasks.items()}
             p50 = report.latency_p50_s
             scores.latency_p50_ms = None if p50 is None else p50 * 1000

@@ -26,7 +26,7 @@ from wamfleet.platform.contracts.episode import EpisodeSource
 from wamfleet.platform.contracts.ingest import EpisodeSummary
 from wamfleet.platform.contracts.lineage import TAG_PARENT
 from wamfleet.platform.contracts.rollout import TAG_LATENCY_P95_MS
-from wamfleet.platform.rollouts.gates import wilson_interval, z_value
+from wamfleet.platform.rollouts.gates import wilson_interval95
 from wamfleet.platform.settings import Settings
 
 if TYPE_CHECKING:
@@ -114,16 +114,11 @@ def _count(metric: float | None) -> int | None:
     return None if metric is None else round(metric)
 
 
-def interval95(successes: int, episodes: int) -> tuple[float, float]:
-    """Two-sided 95% Wilson interval: each bound at 97.5%, as the rollout gates compute it."""
-    return wilson_interval(successes, episodes, z_value(0.975))
-
-
 def eval_text(v: VersionRow) -> str:
     """'6/10 = 0.60 [0.31, 0.83]': the evaluation's count, rate and 95% interval."""
     if v.eval_successes is None or not v.eval_episodes:
         return "-" if v.eval_success_rate is None else f"{v.eval_success_rate:.2f}"
-    low, high = interval95(v.eval_successes, v.eval_episodes)
+    low, high = wilson_interval95(v.eval_successes, v.eval_episodes)
     rate = v.eval_successes / v.eval_episodes
     return f"{v.eval_successes}/{v.eval_episodes} = {rate:.2f} [{low:.2f}, {high:.2f}]"
 
@@ -293,7 +288,7 @@ def plot_success(report: DemoReport) -> str:
         rates, low, high = [], [], []
         for k, n in counts:
             rate = k / n if k is not None and n else 0.0
-            lo, hi = interval95(k, n) if k is not None and n else (0.0, 0.0)
+            lo, hi = wilson_interval95(k, n) if k is not None and n else (0.0, 0.0)
             rates.append(rate)
             low.append(rate - lo)
             high.append(hi - rate)

@@ -57,6 +57,11 @@ def wilson_interval(successes: int, n: int, z: float) -> tuple[float, float]:
     return lower, upper
 
 
+def wilson_interval95(successes: int, n: int) -> tuple[float, float]:
+    """The two-sided 95% Wilson interval (each bound at 97.5%): how reports quote a success count."""
+    return wilson_interval(successes, n, z_value(0.975))
+
+
 def diff_interval(cand: ArmEvidence, champ: ArmEvidence, confidence: float) -> tuple[float, float] | None:
     """Newcombe's hybrid score bounds for p_cand - p_champ, each one-sided at `confidence`.
 

@@ -23,6 +23,7 @@ from wamfleet.platform.rollouts.gates import (
     guardrail_check,
     promotion_check,
     wilson_interval,
+    wilson_interval95,
     z_value,
 )
 from wamfleet.platform.rollouts.stages import (
@@ -167,6 +168,12 @@ def test_z_value() -> None:
     assert z_value(0.975) == pytest.approx(1.95996, abs=1e-5)
     with pytest.raises(ValueError, match="confidence"):
         z_value(1.0)
+
+
+def test_wilson_interval95_is_the_two_sided_95_percent_interval() -> None:
+    low, high = wilson_interval95(6, 10)
+    assert (low, high) == pytest.approx((0.3127, 0.8318), abs=1e-4)
+    assert (low, high) == wilson_interval(6, 10, z_value(0.975))
 
 
 @pytest.mark.parametrize(
