@@ -44,7 +44,7 @@ RUN python -m venv /opt/wamfleet \
  && /opt/wamfleet/bin/python -c "import wamfleet.serving.server, wamfleet.serving.predictor, mlflow.artifacts" \
  && /opt/wamfleet/bin/wamfleet serve --help > /dev/null
 
-# ---- runtime: the virtualenv on a clean base; no compiler, no pip cache, no sources ----------
+# ---- runtime: the virtualenv on a clean base; no pip cache, no sources ------------------------
 FROM ${PYTHON_IMAGE}
 ARG PYTHON_IMAGE
 ARG WAMFLEET_VERSION=0.1.0
@@ -56,6 +56,12 @@ LABEL org.opencontainers.image.title="wamfleet-serving" \
       org.opencontainers.image.source="https://github.com/wamfleet/wamfleet" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.base.name="${PYTHON_IMAGE}"
+# A C compiler: GPU predictors run with --compile, and Triton builds its small CUDA launcher
+# module with the system compiler the first time a kernel compiles (inductor's kernels themselves
+# need no compiler on the GPU).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --gid 10001 wamfleet \
  && useradd --uid 10001 --gid 10001 --home-dir /home/wamfleet --create-home --shell /usr/sbin/nologin wamfleet
 COPY --from=build /opt/wamfleet /opt/wamfleet

@@ -349,6 +349,7 @@ def test_initial_inference_service_is_the_one_the_platform_would_render() -> Non
     ]
     for flag, value in expected:
         assert args[args.index(flag) + 1] == value
+    assert "--compile" in args
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/models/wam/ready"
     assert predictor["nodeSelector"] and predictor["tolerations"]

@@ -155,6 +155,7 @@ def test_gpus_node_selector_and_tolerations_land_where_kserve_reads_them() -> No
         assert args[args.index(flag) + 1] == value
     assert args[args.index("--device") + 1] == "cuda"
     assert args[args.index("--dtype") + 1] == "bf16"  # the GPU path runs in bf16
+    assert "--compile" in args  # and the denoising step compiled (CUDA graphs)
     (tracking,) = [e for e in container["env"] if e["name"] == "MLFLOW_TRACKING_URI"]
     assert tracking == {
         "name": "MLFLOW_TRACKING_URI",
@@ -172,6 +173,7 @@ def test_default_tolerations_follow_the_gpu_request() -> None:
     assert "nvidia.com/gpu" not in cpu["containers"][0]["resources"]["limits"]
     args = cpu["containers"][0]["args"]
     assert args[args.index("--device") + 1] == "cpu" and args[args.index("--dtype") + 1] == "fp32"
+    assert "--compile" not in args
 
 
 def test_a_storage_uri_goes_through_the_storage_initializer() -> None:

@@ -151,7 +151,11 @@ def render_inference_service(template: KServeTemplate, version: str) -> dict[str
     args += ["--host", "0.0.0.0", "--port", str(PORT), "--name", SERVED_NAME]
     args += ["--version", version_label(template.model_name, version)]
     gpu = resources.gpus > 0
-    args += ["--device", "cuda" if gpu else "cpu", "--dtype", "bf16" if gpu else "fp32", *template.serve_args]
+    if gpu:  # the denoising step compiled (CUDA graphs), during the warm-up before it is ready
+        args += ["--device", "cuda", "--dtype", "bf16", "--compile"]
+    else:
+        args += ["--device", "cpu", "--dtype", "fp32"]
+    args += template.serve_args
     env: list[dict[str, Any]] = []
     if from_registry:
         secret_ref = {"name": template.mlflow_secret, "key": template.mlflow_secret_key}
