@@ -25,6 +25,9 @@ Writes --out/efficacy.json (all counts, per seed, pooled with Wilson 95% interva
 
     python benchmarks/efficacy.py [--profile cpu|gpu] [--seeds 0,1,2] [--experiments a,b,c,d,e]
         [--work ~/.cache/wamfleet/efficacy] [--out benchmarks/results] [--budget-minutes N]
+
+--profile cpu-quick runs the same experiments on the demo's smaller recipe (two tasks), cheap
+enough to run all five over 3 seeds on 2 cores.
 """
 
 from __future__ import annotations
@@ -102,6 +105,21 @@ PROFILES = {
         batch_size=16,
         lr=3e-3,
         eval_episodes=10,
+        fleet_episodes_per_task=10,
+    ),
+    # 2 CPU cores, every experiment over 3 seeds in about 70 min: the demo's recipe (reach and push,
+    # 10 episodes per task, 600 steps of batch 16), 8 evaluation layouts per task and seed.
+    "cpu-quick": Profile(
+        preset="tiny",
+        image_size=64,
+        tasks=("reach-v3", "push-v3"),
+        heldout_task="plate-slide-v3",
+        episodes_per_task=10,
+        repetitive_layouts=2,
+        steps=600,
+        batch_size=16,
+        lr=3e-3,
+        eval_episodes=8,
         fleet_episodes_per_task=10,
     ),
     # One GPU, sliced into 10-minute windows (--budget-minutes 9): the small WAM at 128 px, more
