@@ -23,7 +23,7 @@ stopped. Every training and evaluation is an MLflow run in the experiment `wamfl
 Writes --out/efficacy.json (all counts, per seed, pooled with Wilson 95% intervals) and
 --out/efficacy.png.
 
-    python benchmarks/efficacy.py [--profile cpu|gpu] [--seeds 0,1,2] [--experiments a,b,c,d,e]
+    python benchmarks/efficacy.py [--profile cpu|cpu-quick|gpu] [--seeds 0,1,2] [--experiments a,b,c,d,e]
         [--work ~/.cache/wamfleet/efficacy] [--out benchmarks/results] [--budget-minutes N]
 
 --profile cpu-quick runs the same experiments on the demo's smaller recipe (two tasks), cheap
@@ -90,37 +90,29 @@ class Profile:
     config_overrides: dict[str, Any] = field(default_factory=dict)
 
 
+# 2 CPU cores: the tiny WAM at 64 px, four tasks, ~11 min of training per policy.
+CPU = Profile(
+    preset="tiny",
+    image_size=64,
+    tasks=("reach-v3", "push-v3", "drawer-open-v3", "button-press-topdown-v3"),
+    # Like push (an object slid to a goal on the table); drawer-close was closed by chance by
+    # barely trained policies, which says nothing about transfer.
+    heldout_task="plate-slide-v3",
+    episodes_per_task=20,
+    repetitive_layouts=2,
+    steps=2000,
+    batch_size=16,
+    lr=3e-3,
+    eval_episodes=10,
+    fleet_episodes_per_task=10,
+)
+
 PROFILES = {
-    # 2 CPU cores: the tiny WAM at 64 px, four tasks, ~11 min of training per policy.
-    "cpu": Profile(
-        preset="tiny",
-        image_size=64,
-        tasks=("reach-v3", "push-v3", "drawer-open-v3", "button-press-topdown-v3"),
-        # Like push (an object slid to a goal on the table); drawer-close was closed by chance by
-        # barely trained policies, which says nothing about transfer.
-        heldout_task="plate-slide-v3",
-        episodes_per_task=20,
-        repetitive_layouts=2,
-        steps=2000,
-        batch_size=16,
-        lr=3e-3,
-        eval_episodes=10,
-        fleet_episodes_per_task=10,
-    ),
+    "cpu": CPU,
     # 2 CPU cores, every experiment over 3 seeds in about 70 min: the demo's recipe (reach and push,
-    # 10 episodes per task, 600 steps of batch 16), 8 evaluation layouts per task and seed.
-    "cpu-quick": Profile(
-        preset="tiny",
-        image_size=64,
-        tasks=("reach-v3", "push-v3"),
-        heldout_task="plate-slide-v3",
-        episodes_per_task=10,
-        repetitive_layouts=2,
-        steps=600,
-        batch_size=16,
-        lr=3e-3,
-        eval_episodes=8,
-        fleet_episodes_per_task=10,
+    # 10 episodes per task, 600 steps), 8 evaluation layouts per task and seed.
+    "cpu-quick": replace(
+        CPU, tasks=("reach-v3", "push-v3"), episodes_per_task=10, steps=600, eval_episodes=8
     ),
     # One GPU, sliced into 10-minute windows (--budget-minutes 9): the small WAM at 128 px, more
     # tasks and steps. small's windows span 97 frames: the expert holds after success.
