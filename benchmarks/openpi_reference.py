@@ -1,15 +1,18 @@
 """openpi's side of the serving benchmark, run with a Python that has the published openpi-client
 (it pins numpy<2, so it lives in its own venv; benchmarks/serving.py makes one).
 
-    python openpi_reference.py serve PORT          the reference server
+    python openpi_reference.py serve PORT [WORK_MS]   the reference server
     python openpi_reference.py client PORT N CAMS SIZE STATE_DIM PROMPT
-                                                   N round trips, printed as JSON
+                                                      N round trips, printed as JSON
 
 The reference server is openpi's WebsocketPolicyServer loop and nothing else: websockets'
 asyncio server without compression, openpi_client.msgpack_numpy, the metadata sent on connect,
-and per message unpack -> infer -> `server_timing.infer_ms` -> pack -> send. Its policy does no
-work, so whatever a round trip costs beyond `infer_ms` is protocol overhead. The client is
-openpi's own WebsocketClientPolicy; both servers are measured with it, the same way.
+and per message unpack -> infer -> `server_timing.infer_ms` -> pack -> send. Its policy computes
+for WORK_MS (default 0), spinning as a CPU-bound policy keeps its core busy, so whatever a round
+trip costs beyond `infer_ms` is protocol overhead. The work matters: after a policy that computes
+for tens of milliseconds the client has slept that long, and waking it costs time that a policy
+answering at once never pays. The client is openpi's own WebsocketClientPolicy; both servers are
+measured with it, the same way.
 
 This file imports nothing from wamfleet: it must run in the openpi-client venv.
 """
@@ -25,7 +28,7 @@ from typing import Any
 import numpy as np
 
 
-def serve(port: int) -> None:
+def serve(port: int, work_ms: float = 0.0) -> None:
     import websockets.asyncio.server as ws_server
     from openpi_client import msgpack_numpy
 
@@ -40,6 +43,8 @@ def serve(port: int) -> None:
                 start = time.monotonic()
                 obs = msgpack_numpy.unpackb(await websocket.recv())
                 infer_start = time.monotonic()
+                while time.monotonic() - infer_start < work_ms / 1000:
+                    pass  # the policy's compute
                 reply: dict[str, Any] = {"actions": actions, "state_seen": obs["state"][:1]}
                 timing = {"infer_ms": (time.monotonic() - infer_start) * 1000}
                 if prev_total_ms is not None:
@@ -63,7 +68,7 @@ def client(port: int, n: int, cams: int, size: int, state_dim: int, prompt: str)
 
     policy = WebsocketClientPolicy(host="127.0.0.1", port=port)
     rng = np.random.default_rng(0)
-    overheads = []
+    overheads, server = [], []
     for i in range(n + 2):  # the first two warm both ends up
         obs = {
             "images": rng.integers(0, 255, (cams, size, size, 3), dtype=np.uint8),
@@ -77,12 +82,13 @@ def client(port: int, n: int, cams: int, size: int, state_dim: int, prompt: str)
         server_ms = timing["total_ms"] if "total_ms" in timing else timing["infer_ms"]
         if i >= 2:
             overheads.append(elapsed_ms - server_ms)
-    print(json.dumps(overheads))
+            server.append(server_ms)
+    print(json.dumps({"overhead_ms": overheads, "server_ms": server}))
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
-        serve(int(sys.argv[2]))
+        serve(int(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 0.0)
     else:
         port, n, cams, size, state_dim = (int(v) for v in sys.argv[2:7])
         client(port, n, cams, size, state_dim, sys.argv[7])

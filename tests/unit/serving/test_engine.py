@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -286,3 +287,36 @@ def test_continuous_batching_never_waits_and_keeps_each_sessions_order(tmp_path:
         by_session.setdefault(r.session_id, []).append(r.chunk_index)
     assert by_session == {"a": [1, 2, 3], "b": [1, 2]}  # in order, one chunk per batch per session
     assert max(r.timing.batch_size for r in results) <= 2  # never two of one session together
+
+
+def test_every_answered_request_is_counted_once_after_its_reply(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker writes metrics and the request log once it idles (or before its next batch), so
+    the bookkeeping never holds the GIL between a chunk and its robot; nothing is lost or doubled,
+    and warm-up requests are not counted."""
+    from prometheus_client import REGISTRY
+
+    def counted() -> tuple[float, float]:
+        chunks = REGISTRY.get_sample_value("wamfleet_policy_chunks_total") or 0.0
+        batches = REGISTRY.get_sample_value("wamfleet_policy_batch_size_count") or 0.0
+        return chunks, batches
+
+    engine = PolicyEngine(load_policy(tiny_policy(tmp_path / "p")), version="v", max_batch=8)
+    try:
+        engine.warm_up()
+        before = counted()
+        with caplog.at_level("INFO", logger="wamfleet.serving.engine"):
+            for future in [engine.submit(request(sid, frames=4)) for sid in ("a", "b", "a")]:
+                future.result()
+            engine.infer(request("c"))
+            deadline = time.monotonic() + 5
+            while counted()[0] - before[0] < 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.05)  # long past the idle flush: a second count would show now
+            after = counted()
+    finally:
+        engine.close()
+    assert (after[0] - before[0], after[1] - before[1]) == (4, 4)
+    logged = [r.getMessage() for r in caplog.records if "total_ms=" in r.getMessage()]
+    assert sorted(line.split()[0] for line in logged) == ["session=a", "session=a", "session=b", "session=c"]
