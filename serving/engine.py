@@ -131,7 +131,7 @@ class _Task:
     """Work the batching thread runs between batches (the model is only ever run by that thread:
     CUDA graphs are recorded per thread)."""
 
-    run: Callable[[], None]
+    run: Callable[[], object]
     future: Future[None] = field(default_factory=Future)
 
 
@@ -599,7 +599,8 @@ class PolicyEngine:
 
     def _worker(self) -> None:
         """Continuous batching: an idle worker runs a request at once; a batch is whatever queued
-        while the previous batch ran, up to max_batch. Nothing ever waits for company."""
+        while the previous batch ran, up to max_batch, and requests that arrive while the batch
+        encodes join it before it denoises. Nothing ever waits for company."""
         if self._device.index is not None and self._device.type == "cuda":  # its streams, CUDA graphs
             torch.cuda.set_device(self._device)
         backlog: list[_Pending] = []  # in arrival order
@@ -612,26 +613,50 @@ class PolicyEngine:
                 except queue.Empty:
                     self._account_all(served)
                     continue
-            while True:
-                try:
-                    self._admit(self._queue.get_nowait(), backlog)
-                except queue.Empty:
-                    break
+            tasks: list[_Task] = []  # tasks run between batches, never inside one
+            self._drain(backlog, tasks)
+            for task in tasks:
+                self._admit(task, backlog)
             if not backlog:
                 continue
-            # One session's requests run in order: only its oldest goes into this batch.
-            batch: list[_Pending] = []
             keys: set[SessionKey] = set()
-            for item in backlog:
-                if len(batch) < self.max_batch and item.request.key not in keys:
-                    batch.append(item)
-                    keys.add(item.request.key)
-            taken = {id(item) for item in batch}
-            backlog = [item for item in backlog if id(item) not in taken]
+            batch = self._take(backlog, self.max_batch, keys)
             self._account_all(served)  # a busy worker is never idle: the bookkeeping goes first
-            self._run_batch(batch)
-            served += [item for item in batch if item.counted]
-        self._account_all(served)
+            late = partial(self._late, backlog, tasks, keys)
+            served += [item for item in self._run_batch(batch, late) if item.counted]
+            for task in tasks:
+                self._admit(task, backlog)
+
+    def _drain(self, backlog: list[_Pending], tasks: list[_Task]) -> None:
+        """Everything queued now: requests into the backlog, tasks aside."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Pending):
+                backlog.append(item)
+            else:
+                tasks.append(item)
+
+    def _late(
+        self, backlog: list[_Pending], tasks: list[_Task], keys: set[SessionKey], room: int
+    ) -> list[_Pending]:
+        """Requests that queued while the batch encoded, to join it before it denoises."""
+        self._drain(backlog, tasks)
+        return self._take(backlog, room, keys)
+
+    @staticmethod
+    def _take(backlog: list[_Pending], room: int, keys: set[SessionKey]) -> list[_Pending]:
+        """Up to `room` requests from the backlog, oldest first, none of a session in `keys`: one
+        session's requests run in order, one per batch."""
+        taken: list[_Pending] = []
+        for item in backlog:
+            if len(taken) < room and item.request.key not in keys:
+                taken.append(item)
+                keys.add(item.request.key)
+        backlog[:] = [item for item in backlog if all(item is not t for t in taken)]
+        return taken
 
     def _account_all(self, served: list[_Pending]) -> None:
         """The bookkeeping of answered requests, done once the worker is idle or about to start the
@@ -688,20 +713,34 @@ class PolicyEngine:
                     self.sessions.drop(key)
 
     @torch.no_grad()
-    def _run_batch(self, batch: list[_Pending]) -> None:
+    def _run_batch(
+        self, batch: list[_Pending], late: Callable[[int], list[_Pending]] | None = None
+    ) -> list[_Pending]:
+        """Encodes each request into its session, takes in the requests `late` hands over while
+        there is room (those that arrived during the encoding), then denoises all at once.
+        Returns every request it ran."""
+        batch = list(batch)
         with self._lock:
             ready: list[tuple[_Pending, EngineSession, Grid, Tensor, float]] = []
-            for pending in batch:
-                try:
-                    pending.started_batch = time.perf_counter()
-                    session, grid = self._prepare(pending)
-                    norm = self.state_norm.normalize(pending.state) if self.state_norm else pending.state
-                    state = pad_last(norm, self.cfg.max_state_dim)
-                    ready.append((pending, session, grid, state, time.perf_counter()))
-                except Exception as exc:  # noqa: BLE001 - one bad request must not sink the batch
-                    pending.future.set_exception(exc)
+            todo = batch
+            while todo:
+                for pending in todo:
+                    try:
+                        pending.started_batch = time.perf_counter()
+                        session, grid = self._prepare(pending)
+                        norm = self.state_norm.normalize(pending.state) if self.state_norm else pending.state
+                        state = pad_last(norm, self.cfg.max_state_dim)
+                        ready.append((pending, session, grid, state, time.perf_counter()))
+                    except Exception as exc:  # noqa: BLE001 - one bad request must not sink the batch
+                        pending.future.set_exception(exc)
+                todo = (
+                    late(self.max_batch - len(batch))
+                    if late is not None and len(batch) < self.max_batch
+                    else []
+                )
+                batch += todo
             if not ready:
-                return
+                return batch
             try:
                 pred = self._predict(
                     [r[2] for r in ready],
@@ -712,7 +751,7 @@ class PolicyEngine:
             except Exception as exc:  # noqa: BLE001
                 for pending, *_ in ready:
                     pending.future.set_exception(exc)
-                return
+                return batch
             every = pred[:, :, : self.spec.action_dim].float().cpu().numpy()  # one device sync
             done = time.perf_counter()
             answers: list[tuple[_Pending, InferResult | Exception]] = []
@@ -749,6 +788,7 @@ class PolicyEngine:
                 pending.future.set_exception(answer)
             else:
                 pending.future.set_result(answer)
+        return batch
 
     def _predict(
         self, grids: list[Grid], sessions: list[EngineSession], ids: list[str], states: list[Tensor]

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -320,3 +322,39 @@ def test_every_answered_request_is_counted_once_after_its_reply(
     assert (after[0] - before[0], after[1] - before[1]) == (4, 4)
     logged = [r.getMessage() for r in caplog.records if "total_ms=" in r.getMessage()]
     assert sorted(line.split()[0] for line in logged) == ["session=a", "session=a", "session=b", "session=c"]
+
+
+def test_requests_arriving_while_a_batch_encodes_join_it_before_it_denoises(tmp_path: Path) -> None:
+    """Iteration-level joining at the encode/denoise boundary: robots that ask a moment after
+    the first share its denoising instead of waiting a whole chunk (no worker ever waits for
+    company). A second request of a session already in the batch waits for the next one, and a
+    task queued meanwhile runs between batches, never inside one."""
+    from wamfleet.serving.engine import _Task
+
+    engine = PolicyEngine(load_policy(tiny_policy(tmp_path / "p")), version="v", max_batch=8)
+    prepare = engine._prepare
+    encoding, others_queued = threading.Event(), threading.Event()
+
+    def slow_prepare(pending: Any) -> Any:
+        if pending.request.session_id == "first" and not encoding.is_set():
+            encoding.set()
+            assert others_queued.wait(10)
+        return prepare(pending)
+
+    engine._prepare = slow_prepare  # type: ignore[method-assign]
+    lock_held_by_task: list[bool] = []
+    try:
+        first = engine.submit(request("first"))
+        assert encoding.wait(10)
+        joiners = [engine.submit(request(sid)) for sid in ("b", "c")]
+        again = engine.submit(request("first", frames=4))
+        task = _Task(lambda: lock_held_by_task.append(engine._lock.locked()))
+        engine._queue.put(task)
+        others_queued.set()
+        results = [f.result(timeout=30) for f in (first, *joiners, again)]
+        task.future.result(timeout=30)
+    finally:
+        engine.close()
+    assert [r.timing.batch_size for r in results[:3]] == [3, 3, 3]
+    assert (results[3].chunk_index, results[3].timing.batch_size) == (2, 1)
+    assert lock_held_by_task == [False]
