@@ -207,6 +207,7 @@ def serve(
         original_init(self, *args, **kwargs)
         self.config.host = host  # KServe 0.21 hard-codes 0.0.0.0; tests and single machines bind loopback
         self.config.ws_max_size = max_message_bytes  # uvicorn's default (16 MiB) would close 1009 first
+        self.config.ws_per_message_deflate = False  # as openpi's server: frames hardly compress
 
     def create_application(self: Any) -> None:
         configure_app(app, self, engine, api_key=api_key, max_message_bytes=max_message_bytes)

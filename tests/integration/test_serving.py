@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -304,8 +305,24 @@ def test_prometheus_metrics_count_requests_and_stages(server: str) -> None:
     images, state = observation(4)
     infer(server, v2_body(images, state[:2], "metrics"))
     infer(server, v2_body(images, state, "metrics"))
-    text = httpx.get(f"{server}/metrics", timeout=10).text
+    deadline = time.monotonic() + 10  # the worker writes metrics once idle, after the reply
+    while True:
+        text = httpx.get(f"{server}/metrics", timeout=10).text
+        if 'wamfleet_policy_stage_seconds_count{stage="denoise"}' in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert 'wamfleet_policy_stage_seconds_count{stage="denoise"}' in text
     assert 'wamfleet_policy_requests_total{outcome="bad_request"}' in text
     assert "wamfleet_policy_sessions " in text
     assert "wamfleet_policy_batch_size_bucket" in text
+
+
+def test_the_websocket_never_negotiates_compression(server: str) -> None:
+    """A client offering permessage-deflate (websockets' default) is answered without it, as
+    openpi's server does: camera frames hardly compress, and deflating them cost ~2 ms a message."""
+    with ws(server) as conn:
+        recv(conn)
+        assert conn.protocol.extensions == []
+        images, state = observation(5)
+        conn.send(packb({"images": images, "state": state, "prompt": "reach", "session_id": "plain"}))
+        assert recv(conn)["actions"].shape == (8, 4)
