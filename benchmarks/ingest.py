@@ -114,10 +114,17 @@ class TimedClient(PlatformClient):
         self.commit_s: list[float] = []
         self.failures = 0
 
-    def put_file(self, url: str, path: Path, size: int, throttle: TokenBucket | None = None) -> None:
+    def put_file(
+        self,
+        url: str,
+        path: Path,
+        size: int,
+        throttle: TokenBucket | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         start = time.perf_counter()
         try:
-            super().put_file(url, path, size, throttle)
+            super().put_file(url, path, size, throttle, headers)
         except Exception:
             self.failures += 1
             raise
@@ -161,6 +168,7 @@ class Fleet:
 @dataclass
 class Result:
     n: int
+    checksums: str  # Settings.store_checksums of this run
     episodes: int
     wall_s: float
     commit_s: list[float]
@@ -244,7 +252,7 @@ def run_baseline(fleet: Fleet, client: Minio) -> tuple[float, int, float]:
     return rate, sum(sent), wall
 
 
-def measure(fleet: Fleet, api_url: str, endpoint: str, repeats: int) -> Result:
+def measure(fleet: Fleet, api_url: str, endpoint: str, repeats: int, checksums: str = "trust") -> Result:
     wall, clients, reports = run_agents(fleet, api_url)
     http = urllib3.PoolManager(
         maxsize=max(10, fleet.n), timeout=urllib3.Timeout(connect=10.0, read=60.0), retries=False
@@ -259,6 +267,7 @@ def measure(fleet: Fleet, api_url: str, endpoint: str, repeats: int) -> Result:
     baseline_rate, baseline_bytes, baseline_wall = passes[len(passes) // 2]
     return Result(
         n=fleet.n,
+        checksums=checksums,
         episodes=sum(len(r.committed) for r in reports),
         wall_s=wall,
         commit_s=[s for c in clients for s in c.commit_s],
@@ -304,7 +313,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224, help="camera height and width (even)")
     parser.add_argument("--noise", type=int, default=64, help="pixel noise 0-255: more noise, bigger videos")
     parser.add_argument("--baseline-repeats", type=int, default=3, help="fput passes per N (median)")
+    parser.add_argument(
+        "--store-checksums",
+        default="trust,read-back",
+        help="commit verification modes to run side by side per N (Settings.store_checksums)",
+    )
     args = parser.parse_args()
+    modes = [m.strip() for m in args.store_checksums.split(",") if m.strip()]
+    if not modes or set(modes) - {"trust", "read-back"}:
+        parser.error("--store-checksums: a comma-separated list of trust, read-back")
     counts = [int(v) for v in args.uploaders.split(",") if v.strip()]
     if (
         not counts
@@ -345,15 +362,27 @@ def main() -> None:
                     pool = frame_pool(spec, 2 * args.frames, args.noise)
                     robots = Path(tmp) / "robots"
                     warmup = prepare(admin, robots, "warmup", 1, 2, spec, pool, args.frames)
+                    runs = [(n, mode) for n in counts for mode in modes]  # alternated per N
                     fleets = [
                         prepare(
-                            admin, robots, f"n{n}", n, args.episodes_per_uploader, spec, pool, args.frames
+                            admin,
+                            robots,
+                            f"n{n}-{mode}",
+                            n,
+                            args.episodes_per_uploader,
+                            spec,
+                            pool,
+                            args.frames,
                         )
-                        for n in counts
+                        for n, mode in runs
                     ]
                     gen_s = time.perf_counter() - gen_start
                     measure(warmup, api_url, endpoint, 1)  # first requests, connections, SQL caches
-                    results = [measure(fleet, api_url, endpoint, args.baseline_repeats) for fleet in fleets]
+                    ingest = app.state.platform.ingest
+                    results = []
+                    for fleet, (_, mode) in zip(fleets, runs, strict=True):
+                        ingest.trust_store_checksums = mode == "trust"
+                        results.append(measure(fleet, api_url, endpoint, args.baseline_repeats, mode))
                     catalog = admin.all_episodes()
                 finally:
                     admin.close()
@@ -386,8 +415,8 @@ def report(
     )
     print(f"setup: {episodes + warmup.episodes} bundles written in {gen_s:.1f} s, before timing")
     print(
-        f"{'uploaders':>9} {'episodes':>8} {'commits/s':>9} {'commit p50':>10} {'commit p99':>10} "
-        f"{'ingest':>10} {'fput':>10} {'ratio':>6}  end to end, target >= {TARGET_RATIO}"
+        f"{'uploaders':>9} {'checksums':>9} {'episodes':>8} {'commits/s':>9} {'commit p50':>10} "
+        f"{'commit p99':>10} {'ingest':>10} {'fput':>10} {'ratio':>6}  end to end, target >= {TARGET_RATIO}"
     )
     for r in results:
         p50, p99 = np.percentile(np.asarray(r.commit_s) * 1000, [50, 99])
@@ -395,9 +424,15 @@ def report(
         ratio = ingest / fput
         verdict = "met" if ratio >= TARGET_RATIO else "MISSED"
         print(
-            f"{r.n:>9} {r.episodes:>8} {r.episodes / r.wall_s:>9.2f} {p50:>7.1f} ms {p99:>7.1f} ms "
-            f"{mb(ingest):>5} MB/s {mb(fput):>5} MB/s {ratio:>6.3f}  {verdict}"
+            f"{r.n:>9} {r.checksums:>9} {r.episodes:>8} {r.episodes / r.wall_s:>9.2f} {p50:>7.1f} ms "
+            f"{p99:>7.1f} ms {mb(ingest):>5} MB/s {mb(fput):>5} MB/s {ratio:>6.3f}  {verdict}"
         )
+    by_run = {(r.n, r.checksums): r for r in results}
+    for n in sorted({r.n for r in results}):
+        fast, slow = by_run.get((n, "trust")), by_run.get((n, "read-back"))
+        if fast and slow:
+            gain = (fast.episodes / fast.wall_s) / (slow.episodes / slow.wall_s)
+            print(f"N={n}: commits/s with the store's checksum against reading back: {gain:.2f}x")
     print(
         "ingest: bytes committed / wall time of the whole concurrent ingest (upload sessions, PUTs, "
         f"commits); fput: the same bytes / its wall time, median of {args.baseline_repeats} passes"
@@ -405,7 +440,8 @@ def report(
     for r in results:
         put_ratio = r.agent_rate / r.baseline_rate
         print(
-            f"N={r.n}: PUTs alone {mb(r.agent_rate)} MB/s against fput {mb(r.baseline_rate)} MB/s "
+            f"N={r.n} {r.checksums}: PUTs alone {mb(r.agent_rate)} MB/s "
+            f"against fput {mb(r.baseline_rate)} MB/s "
             f"(bytes / seconds inside the PUT calls, summed over threads): {put_ratio:.3f} "
             f"(the commit left out); ingest {r.wall_s:.2f} s wall, fput {r.baseline_wall_s:.2f} s; "
             f"{r.failures} failed requests"

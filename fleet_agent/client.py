@@ -123,8 +123,16 @@ class PlatformClient:
         """Which policy version (and endpoint) to run for the next whole episode; ask between episodes."""
         return PolicyAssignment.model_validate(self._request("GET", "v1/robots/me/policy").json())
 
-    def put_file(self, url: str, path: Path, size: int, throttle: TokenBucket | None = None) -> None:
-        """Streams a file to a presigned URL (absolute, or relative to the API)."""
+    def put_file(
+        self,
+        url: str,
+        path: Path,
+        size: int,
+        throttle: TokenBucket | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Streams a file to a presigned URL (absolute, or relative to the API), with the headers
+        its ticket names (x-amz-checksum-sha256: the store refuses a body damaged on the way)."""
 
         def body() -> Iterator[bytes]:
             with open(path, "rb") as f:
@@ -134,9 +142,9 @@ class PlatformClient:
                     yield chunk
 
         target = urljoin(self.api_url, url)
-        headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+        sent = {"Content-Length": str(size), "Content-Type": "application/octet-stream", **(headers or {})}
         try:
-            response = self._objects.put(target, content=body(), headers=headers)
+            response = self._objects.put(target, content=body(), headers=sent)
         except httpx.TransportError as exc:
             raise TransientError(f"PUT {path.name}: {type(exc).__name__}: {exc}") from exc
         if response.status_code == 403:

@@ -27,6 +27,8 @@ from wamfleet.fleet_agent.client import (
 from wamfleet.fleet_agent.config import AgentSettings
 from wamfleet.fleet_agent.episode_io import BundleError, load_manifest
 from wamfleet.fleet_agent.spool import Spool
+from wamfleet.platform.contracts.checksums import sha256_file
+from wamfleet.platform.contracts.ingest import UploadTarget
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -102,8 +104,22 @@ class Uploader:
                 self._sleep(delay)
         raise AssertionError("unreachable")
 
+    def _put(self, target: UploadTarget, path: Path, sha256: str) -> None:
+        """One PUT. A 400 from the store is most often its checksum check refusing a body damaged
+        on the way: if the file here still has the manifest's SHA-256, sending it again is worth it
+        (a TransientError); if not, the recording itself is damaged and the episode is refused."""
+        try:
+            self.client.put_file(target.url, path, target.size, self.throttle, target.headers)
+        except RejectedError as exc:
+            if exc.status != 400:
+                raise
+            if sha256_file(path) != sha256:
+                raise BundleError(target.path, "the file no longer has its manifest's SHA-256") from exc
+            raise TransientError(f"PUT {target.path} refused ({exc}); the file here is intact") from exc
+
     def upload_episode(self, directory: Path, report: UploadReport) -> None:
         manifest = load_manifest(directory)
+        declared = {entry.path: entry.sha256 for entry in manifest.files}
         journal = self.spool.journal(directory)
         if journal.committed:  # acknowledged before a crash; only the move was left
             self.spool.mark_uploaded(directory)
@@ -127,10 +143,8 @@ class Uploader:
                             "%s: sent before, but the platform does not hold it; sending again", target.path
                         )
                     path = directory / target.path
-                    self._retry(
-                        f"PUT {target.path}",
-                        lambda t=target, p=path: self.client.put_file(t.url, p, t.size, self.throttle),  # type: ignore[misc]
-                    )
+                    digest = declared[target.path]
+                    self._retry(f"PUT {target.path}", lambda t=target, p=path, d=digest: self._put(t, p, d))  # type: ignore[misc]
                     journal.append(event="file", session_id=session_id, path=target.path)
                     report.files_sent += 1
                     report.bytes_sent += target.size

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     upload_session_ttl_s: int = Field(
         default=24 * 3600, gt=0, description="An upload session not committed within this time expires."
     )
+    store_checksums: Literal["trust", "read-back"] = Field(
+        default="trust",
+        description="`trust`: a commit checks the SHA-256 the store computes while copying each file "
+        "(S3, MinIO, the local store); `read-back`: it reads every byte back to hash it, for S3-compatible "
+        "stores that compute no checksums or are not trusted to.",
+    )
     max_file_bytes: int = Field(
         default=4 * 1024**3,
         gt=0,

@@ -15,6 +15,7 @@ import anyio
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import make_asgi_app
 
 from wamfleet.platform.api import dashboard, episodes, errors, objects, retrains, robots, rollouts, uploads
 from wamfleet.platform.api.state import PlatformState
@@ -60,6 +61,7 @@ def build_state(
         url_expiry=timedelta(seconds=settings.presign_expiry_s),
         session_ttl=timedelta(seconds=settings.upload_session_ttl_s),
         max_file_bytes=settings.max_file_bytes,
+        trust_store_checksums=settings.store_checksums == "trust",
     )
     admin = settings.admin_token.get_secret_value() if settings.admin_token else None
     return PlatformState(
@@ -190,6 +192,7 @@ def create_app(
     ):
         app.include_router(router)
     app.mount("/dashboard/assets", StaticFiles(directory=dashboard.STATIC_DIR), name="dashboard-assets")
+    app.mount("/metrics", make_asgi_app())  # Prometheus: counters only, open like /healthz
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -1,11 +1,14 @@
 """Presigned object URLs of the local store, served by the platform (S3 serves its own).
 
 A PUT is accepted only into an open upload session's staging key and never beyond the
-size the manifest declared for that file.
+size the manifest declared for that file. As S3 does with x-amz-checksum-sha256, the body is
+hashed while it arrives and kept only if it matches the checksum signed into the URL (which the
+PUT repeats in that header): a damaged body is a 400 and leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import hashlib
 import mimetypes
 from typing import Annotated
 
@@ -15,6 +18,7 @@ from fastapi.responses import FileResponse
 
 from wamfleet.platform.api.errors import responses
 from wamfleet.platform.api.state import PlatformState, get_state
+from wamfleet.platform.contracts.checksums import CHECKSUM_HEADER, sha256_hex
 from wamfleet.platform.storage.base import InvalidKey, ObjectNotFound
 from wamfleet.platform.storage.local import LocalObjectStore
 
@@ -31,9 +35,15 @@ def _local_store(state: PlatformState) -> LocalObjectStore:
     return state.store
 
 
-def _verify(store: LocalObjectStore, method: str, key: str, expires: int, signature: str) -> None:
+class ChecksumMismatch(Exception):
+    """The body that arrived is not the one whose SHA-256 the URL was signed for."""
+
+
+def _verify(
+    store: LocalObjectStore, method: str, key: str, expires: int, signature: str, checksum: str = ""
+) -> None:
     try:
-        store.verify_presigned(method, key, expires, signature)
+        store.verify_presigned(method, key, expires, signature, checksum)
     except InvalidKey as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from None
     except PermissionError as exc:
@@ -44,10 +54,10 @@ def _verify(store: LocalObjectStore, method: str, key: str, expires: int, signat
     "/{key:path}", status_code=status.HTTP_200_OK, responses=responses(400, 403, 404, 409, 413, 422, 503)
 )
 async def put_object(
-    key: str, expires: int, signature: str, request: Request, state: State
+    key: str, expires: int, signature: str, request: Request, state: State, checksum: str = ""
 ) -> dict[str, int]:
     store = _local_store(state)
-    _verify(store, "PUT", key, expires, signature)
+    _verify(store, "PUT", key, expires, signature, checksum)
     limit = await anyio.to_thread.run_sync(state.ingest.staged_size_limit, key)
     if limit is None:
         raise HTTPException(status.HTTP_409_CONFLICT, detail="no open upload session expects this file")
@@ -56,15 +66,31 @@ async def put_object(
         raise HTTPException(
             status.HTTP_413_CONTENT_TOO_LARGE, detail=f"{declared} bytes exceeds the declared size {limit}"
         )
+    expected = sha256_hex(checksum) if checksum else None
+    if checksum and request.headers.get(CHECKSUM_HEADER) != checksum:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            detail=f"{CHECKSUM_HEADER}: the PUT must carry the checksum its URL was signed for",
+        )
     received = 0
-    with store.open_write(key) as f:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                raise HTTPException(
-                    status.HTTP_413_CONTENT_TOO_LARGE, detail=f"body exceeds the declared size {limit}"
-                )
-            await anyio.to_thread.run_sync(f.write, chunk)
+    digest = hashlib.sha256()
+    try:
+        with store.open_write(key) as f:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise HTTPException(
+                        status.HTTP_413_CONTENT_TOO_LARGE, detail=f"body exceeds the declared size {limit}"
+                    )
+                digest.update(chunk)
+                await anyio.to_thread.run_sync(f.write, chunk)
+            if expected is not None and digest.hexdigest() != expected:
+                raise ChecksumMismatch  # leaves the block: open_write keeps nothing
+    except ChecksumMismatch:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            detail=f"{CHECKSUM_HEADER}: the body's SHA-256 does not match; nothing was stored, send it again",
+        ) from None
     return {"size": received}
 
 

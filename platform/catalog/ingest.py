@@ -2,8 +2,9 @@
 
 Robots upload into staging keys (`uploads/<session>/<file>`) through URLs that point nowhere
 else. Commit copies the staged files to the episode's final keys, which only the platform
-writes, hashes the final copies, writes the manifest, and records the episode in one
-transaction. Every step can be repeated, so a commit retried after a crash or a restart of
+writes, checks each file's SHA-256 against the manifest (the store computes it while it copies,
+or the platform reads the bytes back: `store_checksums`), writes the manifest, and records the
+episode in one transaction. Every step can be repeated, so a commit retried after a crash or a restart of
 the platform finishes the same way; a robot's late write to staging can never change an
 accepted episode.
 
@@ -26,7 +27,7 @@ from datetime import timedelta
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from wamfleet.platform.catalog import queries
+from wamfleet.platform.catalog import ingest_metrics, queries
 from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.catalog.tables import Episode, Robot, UploadSession
 from wamfleet.platform.contracts.episode import MANIFEST_FILE, EpisodeManifest, bundle_prefix
@@ -100,6 +101,8 @@ class IngestService:
     url_expiry: timedelta
     session_ttl: timedelta
     max_file_bytes: int
+    # Whether a SHA-256 the store reports for its own copy is taken as the bytes' (Settings.store_checksums).
+    trust_store_checksums: bool = True
     # Called between commit steps; tests use it to crash a commit at a chosen point.
     step_hook: Callable[[str], None] | None = None
 
@@ -143,11 +146,13 @@ class IngestService:
             if status == "open" and not fresh:  # a session made just now has nothing staged yet
                 with contextlib.suppress(ObjectNotFound):
                     received = self.store.stat(key).size == entry.size
+            put = self.store.presigned_put(key, self.url_expiry, entry.sha256) if status == "open" else None
             targets.append(
                 UploadTarget(
                     path=entry.path,
                     size=entry.size,
-                    url=self.store.presigned_put_url(key, self.url_expiry) if status == "open" else "",
+                    url=put.url if put else "",
+                    headers=put.headers if put else {},
                     received=received or status == "committed",
                 )
             )
@@ -371,9 +376,10 @@ class IngestService:
                 raise Invalid(
                     f"{entry.path}: uploaded {size} bytes, manifest declares {entry.size}; upload it again"
                 )
+        digests: dict[str, str | None] = {}
         for entry in manifest.files:
             try:
-                self.store.copy(
+                digests[entry.path] = self.store.copy_verified(
                     staging_key(session_id, entry.path),
                     scratch_key(session_id, attempt, entry.path),
                     entry.size,
@@ -382,7 +388,7 @@ class IngestService:
                 raise Invalid(f"{entry.path}: not uploaded") from None
             self._step(f"copied:{entry.path}")
         for entry in manifest.files:
-            digest = self.store.sha256(scratch_key(session_id, attempt, entry.path))
+            digest = self._scratch_digest(session_id, attempt, entry.path, digests[entry.path])
             if digest != entry.sha256:
                 self._discard_staged(session_id, entry.path)
                 raise Invalid(f"{entry.path}: sha256 {digest} does not match the manifest; upload it again")
@@ -394,6 +400,17 @@ class IngestService:
         self._step("published")
         self.store.put_bytes(manifest.prefix + MANIFEST_FILE, manifest_bytes(manifest))
         self._step("manifest-written")
+
+    def _scratch_digest(self, session_id: str, attempt: str, path: str, reported: str | None) -> str:
+        """The SHA-256 of this attempt's private copy: the one the store computed while copying,
+        when it computed one and is trusted to; otherwise read back through this process."""
+        if reported is not None and self.trust_store_checksums:
+            ingest_metrics.VERIFICATIONS.labels("store_checksum").inc()
+            return reported
+        why = "store_checksums is read-back" if reported is not None else "the store reported no SHA-256"
+        log.warning("%s: verifying by reading the bytes back (%s)", path, why)
+        ingest_metrics.VERIFICATIONS.labels("read_back").inc()
+        return self.store.sha256(scratch_key(session_id, attempt, path))
 
     def expire_stale_sessions(self) -> int:
         """Expires overdue sessions (removing any episode one published but never recorded), then

@@ -51,6 +51,11 @@ class UploadTarget(_Message):
     size: int
     method: Literal["PUT"] = "PUT"
     url: str = Field(description="Absolute (S3) or relative to the API base URL (local store).")
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Headers the PUT must carry as given: x-amz-checksum-sha256, the file's SHA-256, "
+        "which the store checks the body against (a damaged body is refused with a 400).",
+    )
     received: bool = Field(description="The platform already holds this file for the session.")
 
 

@@ -58,6 +58,14 @@ class ObjectInfo:
     last_modified: datetime | None = None
 
 
+@dataclass(frozen=True)
+class PresignedPut:
+    """A URL for one PUT, and the headers that PUT must carry."""
+
+    url: str
+    headers: dict[str, str]
+
+
 class ObjectStore(ABC):
     """put/get/stat/list/delete plus presigned URLs; implementations are thread-safe."""
 
@@ -107,6 +115,17 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def presigned_put_url(self, key: str, expires: timedelta) -> str: ...
+
+    def presigned_put(self, key: str, expires: timedelta, sha256: str) -> PresignedPut:
+        """A PUT URL for bytes whose SHA-256 is `sha256` (hex). Stores that check checksums bind
+        it into the URL (the PUT must carry `headers`) and refuse a body that does not match."""
+        return PresignedPut(self.presigned_put_url(key, expires), {})
+
+    def copy_verified(self, src: str, dst: str, size: int | None = None) -> str | None:
+        """A server-side copy during which the store computes the copy's SHA-256 itself: returns
+        it (hex), or None from a store that computes none (the caller then reads the bytes back)."""
+        self.copy(src, dst, size)
+        return None
 
     @abstractmethod
     def presigned_get_url(self, key: str, expires: timedelta) -> str: ...

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote, urlencode
 
-from wamfleet.platform.contracts.checksums import sha256_file
+from wamfleet.platform.contracts.checksums import CHECKSUM_HEADER, sha256_base64, sha256_file
 from wamfleet.platform.storage.base import (
     InvalidKey,
     ObjectInfo,
     ObjectNotFound,
     ObjectStore,
+    PresignedPut,
     StorageError,
     validate_key,
     validate_prefix,
@@ -168,6 +169,26 @@ class LocalObjectStore(ObjectStore):
             raise ObjectNotFound(src) from None
         self._commit(tmp, dst, target)
 
+    def copy_verified(self, src: str, dst: str, size: int | None = None) -> str | None:
+        """Copies and hashes in one read: the digest is of the bytes the copy holds."""
+        source = self._path(src)
+        target = self._path(dst)
+        tmp = self._new_tmp()
+        digest = hashlib.sha256()
+        try:
+            with open(source, "rb") as fin, open(tmp, "wb") as fout:
+                while chunk := fin.read(_COPY_CHUNK):
+                    digest.update(chunk)
+                    fout.write(chunk)
+        except (FileNotFoundError, IsADirectoryError):
+            tmp.unlink(missing_ok=True)
+            raise ObjectNotFound(src) from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._commit(tmp, dst, target)
+        return digest.hexdigest()
+
     def sha256(self, key: str) -> str:
         path = self._path(key)
         try:
@@ -221,11 +242,13 @@ class LocalObjectStore(ObjectStore):
 
     # Presigned URLs -----------------------------------------------------------------------
 
-    def _signature(self, method: str, key: str, expires_at: int) -> str:
+    def _signature(self, method: str, key: str, expires_at: int, checksum: str = "") -> str:
         msg = f"{method}\n{key}\n{expires_at}".encode()
+        if checksum:  # URLs without one keep the signature they always had
+            msg += f"\n{checksum}".encode()
         return hmac.new(self._signing_key, msg, hashlib.sha256).hexdigest()
 
-    def _presign(self, method: str, key: str, expires: timedelta) -> str:
+    def _presign(self, method: str, key: str, expires: timedelta, checksum: str = "") -> str:
         validate_key(key)
         if self.url_base is None:
             raise StorageError(
@@ -234,24 +257,30 @@ class LocalObjectStore(ObjectStore):
         if expires.total_seconds() <= 0:
             raise ValueError("expires must be positive")
         expires_at = int(time.time() + expires.total_seconds())
-        query = urlencode(
-            {
-                "expires": expires_at,
-                "signature": self._signature(method, key, expires_at),
-            }
-        )
-        return f"{self.url_base}/{quote(key)}?{query}"
+        params: dict[str, str | int] = {"expires": expires_at}
+        if checksum:
+            params["checksum"] = checksum
+        params["signature"] = self._signature(method, key, expires_at, checksum)
+        return f"{self.url_base}/{quote(key)}?{urlencode(params)}"
 
     def presigned_put_url(self, key: str, expires: timedelta) -> str:
         return self._presign("PUT", key, expires)
 
+    def presigned_put(self, key: str, expires: timedelta, sha256: str) -> PresignedPut:
+        """The checksum is signed into the URL, as S3 signs its header: the platform's PUT
+        handler hashes the body as it arrives and keeps nothing that does not match."""
+        checksum = sha256_base64(sha256)
+        return PresignedPut(self._presign("PUT", key, expires, checksum), {CHECKSUM_HEADER: checksum})
+
     def presigned_get_url(self, key: str, expires: timedelta) -> str:
         return self._presign("GET", key, expires)
 
-    def verify_presigned(self, method: str, key: str, expires_at: int, signature: str) -> None:
-        """Raises PermissionError unless the URL was signed here for this method and key."""
+    def verify_presigned(
+        self, method: str, key: str, expires_at: int, signature: str, checksum: str = ""
+    ) -> None:
+        """Raises PermissionError unless the URL was signed here for this method, key and checksum."""
         validate_key(key)
-        expected = self._signature(method.upper(), key, expires_at)
+        expected = self._signature(method.upper(), key, expires_at, checksum)
         # Bytes: compare_digest refuses str with non-ASCII characters (a TypeError, a 500 before).
         if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "surrogateescape")):
             raise PermissionError("signature does not match this method and key")

@@ -10,18 +10,23 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import certifi
 import urllib3
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError
+from botocore.session import get_session
 from minio import Minio
 from minio.commonconfig import ComposeSource, CopySource
 from minio.error import MinioException, S3Error
 
+from wamfleet.platform.contracts.checksums import CHECKSUM_HEADER, sha256_base64, sha256_hex
 from wamfleet.platform.storage.base import (
     ObjectInfo,
     ObjectNotFound,
     ObjectStore,
+    PresignedPut,
     StorageError,
     validate_key,
     validate_prefix,
@@ -55,6 +60,10 @@ class S3ObjectStore(ObjectStore):
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
         self.bucket = bucket
         self.part_size = part_size
+        self._endpoint = f"{'https' if secure else 'http'}://{endpoint}"
+        self._credentials = (access_key, secret_key)
+        self._region = region or "us-east-1"
+        self._signer: Any = None  # botocore's S3 client, made on first use
         if http_client is None:
             # minio's own default, with a pool that fits the API server's concurrent handlers.
             http_client = urllib3.PoolManager(
@@ -175,6 +184,31 @@ class S3ObjectStore(ObjectStore):
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._wrap(src, exc) from exc
 
+    def copy_verified(self, src: str, dst: str, size: int | None = None) -> str | None:
+        """CopyObject with `x-amz-checksum-algorithm: SHA256`: the store hashes the bytes it
+        copies, and HEAD (checksum mode) reports that hash. S3, MinIO and moto do; a store that
+        reports none gets None (the caller reads back). Over 5 GiB (a compose): None."""
+        validate_key(src)
+        validate_key(dst)
+        try:
+            if size is None:
+                size = self.stat(src).size
+            if size > MAX_SINGLE_COPY:
+                self.client.compose_object(self.bucket, dst, [ComposeSource(self.bucket, src)])
+                return None
+            self.client.copy_object(
+                self.bucket,
+                dst,
+                CopySource(self.bucket, src),
+                metadata={"x-amz-checksum-algorithm": "SHA256"},
+            )
+            stat = self.client.stat_object(self.bucket, dst, extra_headers={"x-amz-checksum-mode": "ENABLED"})
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._wrap(src, exc) from exc
+        headers = {k.lower(): v for k, v in (stat.metadata or {}).items()}
+        reported = headers.get(CHECKSUM_HEADER)
+        return sha256_hex(reported) if isinstance(reported, str) else None
+
     def sha256(self, key: str) -> str:
         digest = hashlib.sha256()
         self._read(key, digest.update)
@@ -209,6 +243,37 @@ class S3ObjectStore(ObjectStore):
             return self.client.presigned_put_object(self.bucket, key, expires=expires)
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._wrap(key, exc) from exc
+
+    def presigned_put(self, key: str, expires: timedelta, sha256: str) -> PresignedPut:
+        """PutObject presigned with the checksum as a signed header (botocore's presigner: minio's
+        signs only `host`). S3 answers a PUT without it 403, and one whose body does not match
+        it 400 BadDigest, storing nothing."""
+        validate_key(key)
+        checksum = sha256_base64(sha256)
+        try:
+            url = self._boto().generate_presigned_url(
+                "put_object",
+                Params={"Bucket": self.bucket, "Key": key, "ChecksumSHA256": checksum},
+                ExpiresIn=int(expires.total_seconds()),
+            )
+        except BotoCoreError as exc:
+            raise self._wrap(key, exc) from exc
+        return PresignedPut(str(url), {CHECKSUM_HEADER: checksum})
+
+    def _boto(self) -> Any:
+        if self._signer is None:
+            path_style = "amazonaws.com" not in self._endpoint  # MinIO and other hosts: path style
+            self._signer = get_session().create_client(
+                "s3",
+                endpoint_url=self._endpoint,
+                aws_access_key_id=self._credentials[0],
+                aws_secret_access_key=self._credentials[1],
+                region_name=self._region,
+                config=BotoConfig(
+                    signature_version="s3v4", s3={"addressing_style": "path" if path_style else "auto"}
+                ),
+            )
+        return self._signer
 
     def presigned_get_url(self, key: str, expires: timedelta) -> str:
         validate_key(key)

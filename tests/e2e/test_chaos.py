@@ -1,14 +1,17 @@
 """Chaos: every episode reaches the catalog exactly once and whole, whatever fails on the way.
 
-The object store (moto's S3 server) sits behind a proxy that answers 503 and drops
-connections; the platform is SIGKILLed and restarted at random times; the robot agent is
-SIGKILLed at random points of its work, dozens of times (at least MIN_KILLED, as many trials as
-a measured agent start allows). Then the network heals, the platform stays up, and each robot's
-agent runs to the end. Every recorded episode must be in the
-catalog once, byte-identical to what the robot recorded, and at no time may the catalog have
-listed an episode whose objects were not all in the store, and in the end the store's final
-keys hold exactly the catalog's episodes. The catalog is PostgreSQL, as in production, whenever
-a server listens on 127.0.0.1:5432 (always under CI=true); SQLite otherwise.
+The object store (moto's S3 server) sits behind a proxy that answers 503, drops connections and
+flips a byte of request bodies, as a bad link would. moto stores whatever body it gets, so the
+proxy also does S3's checksum check for it: a body that does not match its x-amz-checksum-sha256
+(or its signed x-amz-content-sha256) is refused with S3's 400 (BadDigest) and never stored. The
+platform is SIGKILLed and restarted at random times; the robot agent is SIGKILLed at random
+points of its work, dozens of times (at least MIN_KILLED, as many trials as a measured agent
+start allows). Then the network heals, the platform stays up, and each robot's agent runs to
+the end. Every recorded episode must be in the catalog once, byte-identical to what the robot
+recorded, and at no time may the catalog have listed an episode whose objects were not all in
+the store, and in the end the store's final keys hold exactly the catalog's episodes. The
+catalog is PostgreSQL, as in production, whenever a server listens on 127.0.0.1:5432 (always
+under CI=true); SQLite otherwise.
 
 Set WAMFLEET_CHAOS_SEED to replay a run's random choices (process timing still varies).
 """
@@ -64,7 +67,7 @@ MIN_KILLED = 10
 MIN_RESTARTS = 3
 KILL_AFTER_S = (0.0, 1.0)
 RESTART_EVERY_S = (2.0, 6.0)
-FAULTS = {"slow_down": 0.15, "drop_request": 0.07, "drop_response": 0.08}
+FAULTS = {"slow_down": 0.15, "drop_request": 0.07, "drop_response": 0.08, "flip_byte": 0.1}
 # Half of the response drops cut the status line or headers, half land further on (in bodies).
 HEADER_CUT_SHARE = 0.5
 ADMIN_TOKEN = "chaos-admin-token"
@@ -507,7 +510,12 @@ def test_every_episode_lands_once_and_whole_under_chaos(
 
     platform_log = open(logs / "platform.log", "ab")  # noqa: SIM115 - closed on the way out below
     agent_log = open(logs / "agents.log", "ab")  # noqa: SIM115
-    proxy = FaultyProxy(moto_endpoint, seed=rng.randrange(1 << 32), header_cut_share=HEADER_CUT_SHARE).start()
+    proxy = FaultyProxy(
+        moto_endpoint,
+        seed=rng.randrange(1 << 32),
+        header_cut_share=HEADER_CUT_SHARE,
+        verify_checksums=True,  # moto does not check bodies against their digests; S3 does
+    ).start()
     env = os.environ | {
         "WAMFLEET_STORAGE_BACKEND": "s3",
         "WAMFLEET_S3_ENDPOINT": proxy.endpoint,
@@ -612,7 +620,8 @@ def test_every_episode_lands_once_and_whole_under_chaos(
     )
     print(
         f"proxy: {faults['slow_down']} x 503, {faults['drop_request']} request drops, "
-        f"{faults['drop_response']} response drops, {faults['connections']} connections"
+        f"{faults['drop_response']} response drops, {faults['flip_byte']} flipped bytes "
+        f"({faults['refused_checksum']} refused as BadDigest), {faults['connections']} connections"
     )
     print(
         f"observer: {observer.polls} listings, {observer.checks} store checks, "
@@ -664,3 +673,8 @@ def test_every_episode_lands_once_and_whole_under_chaos(
     assert restarter.restarts >= MIN_RESTARTS, f"the platform was restarted only {restarter.restarts} times"
     assert faults["slow_down"] > 0, f"the proxy never answered 503: {faults}"
     assert faults["drop_request"] + faults["drop_response"] > 0, f"the proxy never dropped: {faults}"
+    assert faults["flip_byte"] > 0, f"the proxy never flipped a byte: {faults}"
+    # Clients send the digests of what they send: only a flipped body may fail the check.
+    assert faults["refused_checksum"] <= faults["flip_byte"], (
+        f"bodies refused that were not flipped: {faults}"
+    )

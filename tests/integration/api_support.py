@@ -39,10 +39,11 @@ class Api:
             "/v1/uploads", json={"manifest": json.loads(manifest.model_dump_json())}, headers=robot
         )
 
-    def put(self, url: str, data: bytes) -> Any:
+    def put(self, url: str, data: bytes, headers: dict[str, str] | None = None) -> Any:
+        """A PUT as a robot sends it: with the headers its ticket names (the checksum)."""
         if url.startswith("http"):
-            return httpx.put(url, content=data)  # S3: straight to the object store
-        return self.client.put(url, content=data)
+            return httpx.put(url, content=data, headers=headers)  # S3: straight to the object store
+        return self.client.put(url, content=data, headers=headers)
 
     def upload(self, robot: dict[str, str], directory: Path, manifest: EpisodeManifest) -> dict[str, Any]:
         """The whole robot flow: open, PUT every file, commit; returns the ticket."""
@@ -50,7 +51,7 @@ class Api:
         assert response.status_code == 201, response.text
         ticket: dict[str, Any] = response.json()
         for target in ticket["files"]:
-            put = self.put(target["url"], (directory / target["path"]).read_bytes())
+            put = self.put(target["url"], (directory / target["path"]).read_bytes(), target["headers"])
             assert put.status_code == 200, put.text
         return ticket
 

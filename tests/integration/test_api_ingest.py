@@ -8,6 +8,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ from sqlalchemy import select
 from tests.conftest import ADMIN, WriteEpisode, catalog_on
 from tests.integration.api_support import Api, running_api, settings_for
 from wamfleet.platform.catalog import queries
+from wamfleet.platform.catalog.ingest import staging_key
 from wamfleet.platform.catalog.tables import AuditEntry, UploadSession
 from wamfleet.platform.contracts import EmbodimentSpec
+from wamfleet.platform.contracts.checksums import CHECKSUM_HEADER
 from wamfleet.platform.contracts.episode import MANIFEST_FILE, EpisodeManifest
 from wamfleet.platform.storage.bundles import iter_manifests
 
@@ -107,7 +110,9 @@ def test_resumed_session_reports_received_files(api: Api, write_episode: WriteEp
     directory, manifest = write_episode(frames=4, robot_id="robot-1")
     ticket = api.open(robot, manifest).json()
     first = ticket["files"][0]
-    assert api.put(first["url"], (directory / first["path"]).read_bytes()).status_code == 200
+    assert (
+        api.put(first["url"], (directory / first["path"]).read_bytes(), first["headers"]).status_code == 200
+    )
     resumed = api.open(robot, manifest).json()
     assert resumed["session_id"] == ticket["session_id"]
     assert [f["received"] for f in resumed["files"]] == [True, False, False]
@@ -117,21 +122,29 @@ def test_commit_names_missing_and_wrong_files(api: Api, write_episode: WriteEpis
     robot = api.register_robot("robot-1")
     directory, manifest = write_episode(frames=4, robot_id="robot-1")
     ticket = api.open(robot, manifest).json()
-    urls = {f["path"]: f["url"] for f in ticket["files"]}
+    targets = {f["path"]: f for f in ticket["files"]}
     missing = api.commit(robot, ticket["session_id"])
     assert missing.status_code == 422
     assert missing.json()["detail"] == "data.parquet: not uploaded"
 
-    api.put(urls["data.parquet"], (directory / "data.parquet").read_bytes())
-    api.put(urls["videos/front.mp4"], (directory / "videos/front.mp4").read_bytes()[:-10])
+    def put(path: str, data: bytes | None = None) -> None:
+        target = targets[path]
+        body = (directory / path).read_bytes() if data is None else data
+        assert api.put(target["url"], body, target["headers"]).status_code == 200
+
+    # Bad bytes staged the way a store that checks no checksums (moto) would keep them: the
+    # commit still finds them, by size and by the SHA-256 of its own copy.
+    staged = partial(staging_key, ticket["session_id"])
+    put("data.parquet")
+    api.state.store.put_bytes(staged("videos/front.mp4"), (directory / "videos/front.mp4").read_bytes()[:-10])
     short = api.commit(robot, ticket["session_id"])
     assert short.status_code == 422
     assert short.json()["detail"].startswith("videos/front.mp4: uploaded")
 
     tampered = bytearray((directory / "videos/front.mp4").read_bytes())
     tampered[100] ^= 0xFF
-    api.put(urls["videos/front.mp4"], bytes(tampered))
-    api.put(urls["videos/wrist.mp4"], (directory / "videos/wrist.mp4").read_bytes())
+    api.state.store.put_bytes(staged("videos/front.mp4"), bytes(tampered))
+    put("videos/wrist.mp4")
     bad_hash = api.commit(robot, ticket["session_id"])
     assert bad_hash.status_code == 422
     assert "videos/front.mp4: sha256" in bad_hash.json()["detail"]
@@ -142,7 +155,7 @@ def test_commit_names_missing_and_wrong_files(api: Api, write_episode: WriteEpis
     # The bad copy was dropped, so the robot sees the file as missing and sends it again.
     resumed = {f["path"]: f["received"] for f in api.open(robot, manifest).json()["files"]}
     assert resumed == {"data.parquet": True, "videos/front.mp4": False, "videos/wrist.mp4": True}
-    api.put(urls["videos/front.mp4"], (directory / "videos/front.mp4").read_bytes())
+    put("videos/front.mp4")
     assert api.commit(robot, ticket["session_id"]).status_code == 200
 
 
@@ -154,7 +167,7 @@ def test_late_writes_to_staging_cannot_change_an_accepted_episode(
     ticket = api.upload(robot, directory, manifest)
     assert api.commit(robot, ticket["session_id"]).status_code == 200
     for target in ticket["files"]:  # the old URLs have not expired yet
-        assert api.put(target["url"], b"overwrite").status_code in (200, 409)
+        assert api.put(target["url"], b"overwrite", target["headers"]).status_code in (200, 400, 409)
     store = api.state.store
     for entry in manifest.files:
         assert store.sha256(manifest.prefix + entry.path) == entry.sha256
@@ -264,7 +277,10 @@ def test_staging_rewritten_during_a_commit_never_reaches_final_keys(
         if step == "verified" and not rival:
             # While this commit is between its check and its publish, the robot rewrites a
             # staged file and a second commit of the same session runs to its end.
-            api.put(ticket["files"][1]["url"], b"tampered" * 100)
+            # (written into staging directly: a store that checks checksums refuses this PUT)
+            api.state.store.put_bytes(
+                staging_key(ticket["session_id"], ticket["files"][1]["path"]), b"tampered"
+            )
             rival["status"] = api.commit(robot, ticket["session_id"]).status_code
 
     api.state.ingest.step_hook = meddle
@@ -388,3 +404,65 @@ def test_the_sweeper_removes_an_episode_published_but_never_recorded(
     assert {"upload.expire", "episode.orphan.remove"} <= set(actions)
     gone = api.commit(robot, ticket["session_id"])
     assert gone.status_code == 410
+
+
+@pytest.mark.parametrize("api", [("local", "sqlite")], indirect=True)
+def test_the_local_store_refuses_a_damaged_put_and_keeps_nothing(
+    api: Api, write_episode: WriteEpisode
+) -> None:
+    """As S3 does with x-amz-checksum-sha256: the body is hashed on arrival and a mismatch is a
+    400 naming the header, with nothing staged, so the robot sends it again at once."""
+    robot = api.register_robot("robot-1")
+    directory, manifest = write_episode(frames=4, robot_id="robot-1")
+    ticket = api.open(robot, manifest).json()
+    video = next(f for f in ticket["files"] if f["path"] == "videos/front.mp4")
+    good = (directory / video["path"]).read_bytes()
+    damaged = bytearray(good)
+    damaged[len(damaged) // 2] ^= 0xFF
+    refused = api.put(video["url"], bytes(damaged), video["headers"])
+    assert refused.status_code == 400
+    assert refused.json()["detail"].startswith(f"{CHECKSUM_HEADER}: the body's SHA-256 does not match")
+    unsigned = api.put(video["url"], good)  # the header its URL was signed for is missing
+    assert unsigned.status_code == 400 and CHECKSUM_HEADER in unsigned.json()["detail"]
+    assert list(api.state.store.list(f"uploads/{ticket['session_id']}/")) == []
+    assert api.put(video["url"], good, video["headers"]).status_code == 200
+
+
+@pytest.mark.parametrize("store_checksums", ["trust", "read-back"])
+@pytest.mark.parametrize("api", [("local", "sqlite"), ("s3", "sqlite")], indirect=True)
+def test_a_commit_verifies_by_the_stores_checksum_or_says_it_read_back(
+    api: Api, write_episode: WriteEpisode, store_checksums: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With `trust` the commit takes the SHA-256 the store computed while copying (no byte comes
+    back through the platform); with `read-back` it reads every file back, and says so in the log
+    and in /metrics."""
+    api.state.ingest.trust_store_checksums = store_checksums == "trust"
+    method = "store_checksum" if store_checksums == "trust" else "read_back"
+    metric = f'wamfleet_ingest_file_verifications_total{{method="{method}"}}'
+
+    def verified() -> float:
+        for line in api.client.get("/metrics/").text.splitlines():
+            if line.startswith(metric):
+                return float(line.split()[-1])
+        return 0.0
+
+    robot = api.register_robot("robot-1")
+    directory, manifest = write_episode(frames=4, robot_id="robot-1")
+    before = verified()
+    reads: list[str] = []
+    sha256 = api.state.store.sha256
+
+    def counted_sha256(key: str) -> str:
+        reads.append(key)
+        return str(sha256(key))
+
+    api.state.store.sha256 = counted_sha256
+    ticket = api.upload(robot, directory, manifest)
+    with caplog.at_level(logging.WARNING, logger="wamfleet.platform.catalog.ingest"):
+        assert api.commit(robot, ticket["session_id"]).status_code == 200
+    assert verified() - before == len(manifest.files)
+    read_back = [r for r in caplog.records if "reading the bytes back" in r.getMessage()]
+    if store_checksums == "trust":
+        assert reads == [] and read_back == []
+    else:
+        assert len(reads) == len(read_back) == len(manifest.files)

@@ -86,7 +86,10 @@ def _commit_one_episode(client: TestClient, robot: dict[str, str], spec: Embodim
     ticket = opened.json()
     for target in ticket["files"]:
         assert (
-            client.put(target["url"], content=(w.directory / target["path"]).read_bytes()).status_code == 200
+            client.put(
+                target["url"], content=(w.directory / target["path"]).read_bytes(), headers=target["headers"]
+            ).status_code
+            == 200
         )
     committed = client.post(f"/v1/uploads/{ticket['session_id']}/commit", headers=robot)
     assert committed.status_code == 200, committed.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from datetime import timedelta
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import urllib3
 
 from tests.conftest import make_s3_store
+from wamfleet.platform.contracts.checksums import CHECKSUM_HEADER, sha256_base64
 from wamfleet.platform.storage import InvalidKey, LocalObjectStore, ObjectNotFound, ObjectStore, StorageError
 
 
@@ -242,3 +244,41 @@ def test_s3_responses_cut_short_are_errors_not_short_reads(moto_endpoint: str) -
         stop.set()
         thread.join(timeout=5)
         listener.close()
+
+
+def test_copy_verified_reports_the_sha256_of_the_bytes_copied(object_store: ObjectStore) -> None:
+    """The commit's fast path: the store hashes what it copies (S3/MinIO/moto: CopyObject with
+    x-amz-checksum-algorithm SHA256; the local store while it copies), so nobody reads it back."""
+    data = b"episode bytes" * 1000
+    object_store.put_bytes("uploads/s/data.bin", data)
+    digest = object_store.copy_verified("uploads/s/data.bin", "commits/s/a/data.bin", len(data))
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert object_store.get_bytes("commits/s/a/data.bin") == data
+    with pytest.raises(ObjectNotFound):
+        object_store.copy_verified("uploads/s/none.bin", "commits/s/a/none.bin", 1)
+
+
+def test_s3_presigned_put_signs_the_checksum_header(moto_endpoint: str) -> None:
+    """minio's presigner signs only `host`; the checksum must be a signed header, or S3 ignores
+    it (a query parameter is not checked) and a damaged body would be stored."""
+    store = make_s3_store(moto_endpoint)
+    data = b"from a robot"
+    put = store.presigned_put("robots/r1/upload.bin", timedelta(minutes=5), hashlib.sha256(data).hexdigest())
+    query = {k: v[0] for k, v in parse_qs(urlparse(put.url).query).items()}
+    assert query["X-Amz-SignedHeaders"].split(";") == ["host", CHECKSUM_HEADER]
+    assert put.headers == {CHECKSUM_HEADER: sha256_base64(hashlib.sha256(data).hexdigest())}
+    assert httpx.put(put.url, content=data, headers=put.headers).status_code == 200
+    assert store.get_bytes("robots/r1/upload.bin") == data
+
+
+def test_local_presigned_put_binds_the_checksum_into_its_signature(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path, url_base="http://127.0.0.1:8080/objects")
+    digest = hashlib.sha256(b"x").hexdigest()
+    put = store.presigned_put("uploads/s/data.parquet", timedelta(minutes=1), digest)
+    query = {k: v[0] for k, v in parse_qs(urlparse(put.url).query).items()}
+    assert query["checksum"] == put.headers[CHECKSUM_HEADER] == sha256_base64(digest)
+    expires, signature = int(query["expires"]), query["signature"]
+    store.verify_presigned("PUT", "uploads/s/data.parquet", expires, signature, query["checksum"])
+    other = sha256_base64(hashlib.sha256(b"y").hexdigest())
+    with pytest.raises(PermissionError, match="signature"):  # a swapped checksum breaks the URL
+        store.verify_presigned("PUT", "uploads/s/data.parquet", expires, signature, other)

@@ -13,12 +13,13 @@ import pytest
 
 from tests.conftest import ADMIN, ADMIN_TOKEN, frame_images
 from tests.integration.api_support import settings_for
-from wamfleet.fleet_agent.client import AuthError, PlatformClient, TokenBucket, TransientError
+from wamfleet.fleet_agent.client import AuthError, PlatformClient, RejectedError, TokenBucket, TransientError
 from wamfleet.fleet_agent.spool import Spool
 from wamfleet.fleet_agent.uploader import Uploader
 from wamfleet.platform.api.app import create_app
 from wamfleet.platform.api.server import serve_in_thread
 from wamfleet.platform.contracts import EmbodimentSpec
+from wamfleet.platform.contracts.ingest import EpisodeSummary
 
 
 @pytest.fixture
@@ -75,7 +76,8 @@ def test_resume_skips_files_already_received(
 
     directory = spool.dir("ready", episode)
     ticket = client.open_upload(load_manifest(directory))
-    client.put_file(ticket.files[0].url, directory / ticket.files[0].path, ticket.files[0].size)
+    first = ticket.files[0]
+    client.put_file(first.url, directory / first.path, first.size, headers=first.headers)
     report = Uploader(spool, client, retention_s=3600).run_once()
     assert report.committed == [episode]
     assert (report.files_sent, report.files_skipped) == (2, 1)
@@ -232,9 +234,12 @@ def test_agent_cli_run_once_and_import_video(
     _ = ADMIN_TOKEN
 
 
-def test_file_damaged_in_transit_is_sent_again(
+def test_file_damaged_in_transit_is_refused_by_the_store_and_sent_again(
     tmp_path: Path, live: tuple[str, str], embodiment: EmbodimentSpec
 ) -> None:
+    """The store checks each PUT's body against the x-amz-checksum-sha256 its URL was signed
+    for: the damaged copy is refused on arrival (nothing is stored), the agent finds its own
+    file intact and sends it again at once, and the commit needs one round."""
     url, token = live
     spool = Spool(tmp_path / "spool")
     (episode,) = fill(spool, embodiment, 1)
@@ -243,21 +248,56 @@ def test_file_damaged_in_transit_is_sent_again(
         """Corrupts one byte of the first video it sends, as a bad link would."""
 
         damaged = False
+        puts = 0
+        commits = 0
 
-        def put_file(self, url: str, path: Path, size: int, throttle: TokenBucket | None = None) -> None:
+        def put_file(
+            self,
+            url: str,
+            path: Path,
+            size: int,
+            throttle: TokenBucket | None = None,
+            headers: dict[str, str] | None = None,
+        ) -> None:
+            self.puts += 1
             if path.suffix == ".mp4" and not self.damaged:
                 self.damaged = True
                 bad = tmp_path / "bad.mp4"
                 data = bytearray(path.read_bytes())
                 data[len(data) // 2] ^= 0xFF
                 bad.write_bytes(bytes(data))
-                return super().put_file(url, bad, size, throttle)
-            return super().put_file(url, path, size, throttle)
+                with pytest.raises(RejectedError) as refused:
+                    super().put_file(url, bad, size, throttle, headers)
+                assert refused.value.status == 400 and "x-amz-checksum-sha256" in str(refused.value)
+                raise refused.value
+            return super().put_file(url, path, size, throttle, headers)
 
-    report = Uploader(spool, FlippingLink(url, token)).run_once()
+        def commit(self, session_id: str) -> EpisodeSummary:
+            self.commits += 1
+            return super().commit(session_id)
+
+    link = FlippingLink(url, token)
+    report = Uploader(spool, link, backoff_base_s=0.01).run_once()
     assert report.committed == [episode]
-    assert report.files_sent == 4  # three files, one of them twice
+    assert (report.files_sent, link.puts, link.commits) == (3, 4, 1)  # the video twice, one commit
     assert committed(url) == [episode]
+
+
+def test_a_file_damaged_on_the_robot_is_refused_not_retried_forever(
+    tmp_path: Path, live: tuple[str, str], embodiment: EmbodimentSpec
+) -> None:
+    """If the robot's own copy no longer has its manifest's SHA-256, no resend can help: the
+    episode is set aside with the reason, after one refused PUT."""
+    url, token = live
+    spool = Spool(tmp_path / "spool")
+    (episode,) = fill(spool, embodiment, 1)
+    video = next(spool.dir("ready", episode).glob("videos/*.mp4"))
+    data = bytearray(video.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    video.write_bytes(bytes(data))
+    report = Uploader(spool, PlatformClient(url, token), backoff_base_s=0.01).run_once()
+    assert report.rejected == [episode] and report.committed == []
+    assert committed(url) == []
 
 
 def test_commit_acknowledged_before_a_crash_needs_no_network(
