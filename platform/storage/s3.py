@@ -172,15 +172,8 @@ class S3ObjectStore(ObjectStore):
 
     def copy(self, src: str, dst: str, size: int | None = None) -> None:
         """One CopyObject request; sources over 5 GiB go through a multipart compose."""
-        validate_key(src)
-        validate_key(dst)
         try:
-            if size is None:
-                size = self.stat(src).size
-            if size > MAX_SINGLE_COPY:
-                self.client.compose_object(self.bucket, dst, [ComposeSource(self.bucket, src)])
-            else:
-                self.client.copy_object(self.bucket, dst, CopySource(self.bucket, src))
+            self._server_copy(src, dst, size, hash_sha256=False)
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._wrap(src, exc) from exc
 
@@ -188,26 +181,31 @@ class S3ObjectStore(ObjectStore):
         """CopyObject with `x-amz-checksum-algorithm: SHA256`: the store hashes the bytes it
         copies, and HEAD (checksum mode) reports that hash. S3, MinIO and moto do; a store that
         reports none gets None (the caller reads back). Over 5 GiB (a compose): None."""
-        validate_key(src)
-        validate_key(dst)
         try:
-            if size is None:
-                size = self.stat(src).size
-            if size > MAX_SINGLE_COPY:
-                self.client.compose_object(self.bucket, dst, [ComposeSource(self.bucket, src)])
+            if not self._server_copy(src, dst, size, hash_sha256=True):
                 return None
-            self.client.copy_object(
-                self.bucket,
-                dst,
-                CopySource(self.bucket, src),
-                metadata={"x-amz-checksum-algorithm": "SHA256"},
-            )
             stat = self.client.stat_object(self.bucket, dst, extra_headers={"x-amz-checksum-mode": "ENABLED"})
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._wrap(src, exc) from exc
         headers = {k.lower(): v for k, v in (stat.metadata or {}).items()}
         reported = headers.get(CHECKSUM_HEADER)
         return sha256_hex(reported) if isinstance(reported, str) else None
+
+    def _server_copy(self, src: str, dst: str, size: int | None, *, hash_sha256: bool) -> bool:
+        """One CopyObject, asking the store to hash the copy with `hash_sha256` (True), or a
+        multipart compose for sources over 5 GiB, which asks nothing (False)."""
+        validate_key(src)
+        validate_key(dst)
+        if size is None:
+            size = self.stat(src).size
+        if size > MAX_SINGLE_COPY:
+            self.client.compose_object(self.bucket, dst, [ComposeSource(self.bucket, src)])
+            return False
+        algorithm: dict[str, str | list[str] | tuple[str]] = {"x-amz-checksum-algorithm": "SHA256"}
+        self.client.copy_object(
+            self.bucket, dst, CopySource(self.bucket, src), metadata=algorithm if hash_sha256 else None
+        )
+        return True
 
     def sha256(self, key: str) -> str:
         digest = hashlib.sha256()
