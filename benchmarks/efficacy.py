@@ -51,7 +51,8 @@ from wamfleet.fleet_agent.episode_io import EpisodeReader
 from wamfleet.fleet_agent.sim.drive import drive_episode, evaluate_closed_loop
 from wamfleet.fleet_agent.sim.expert import record_expert_episode, run_expert_episode
 from wamfleet.fleet_agent.sim.fleet import eval_layout_seed, layout_seed
-from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot, sawyer_embodiment
+from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot
+from wamfleet.fleet_agent.sim.sawyer import sawyer_embodiment
 from wamfleet.fleet_agent.spool import Spool
 from wamfleet.model.config import WAMConfig
 from wamfleet.model.policy import load_policy

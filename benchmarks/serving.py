@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from websockets.sync.client import connect
 
-from wamfleet.fleet_agent.sim.metaworld_robot import sawyer_embodiment
+from wamfleet.fleet_agent.sim.sawyer import sawyer_embodiment
 from wamfleet.model.config import WAMConfig
 from wamfleet.model.policy import load_policy, save_policy
 from wamfleet.model.transformer import WorldActionModel

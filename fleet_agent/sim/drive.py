@@ -24,7 +24,8 @@ from wamfleet.fleet_agent.chunk_runner import ActionChunkRunner, EpisodeRunStats
 from wamfleet.fleet_agent.episode_io import EpisodeWriter
 from wamfleet.fleet_agent.policy_client import PolicyClient, PolicyError, open_policy_client
 from wamfleet.fleet_agent.sim.fleet import eval_layout_seed, layout_seed
-from wamfleet.fleet_agent.sim.metaworld_robot import CAMERAS, DEFAULT_CAMERAS, MetaWorldRobot, StepResult
+from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot, StepResult
+from wamfleet.fleet_agent.sim.sawyer import CAMERAS, DEFAULT_CAMERAS
 from wamfleet.fleet_agent.sim.tasks import instruction_for
 from wamfleet.fleet_agent.spool import Spool
 from wamfleet.platform.contracts.episode import EpisodeSource, Outcome

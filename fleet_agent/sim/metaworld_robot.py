@@ -21,25 +21,14 @@ import numpy as np
 from metaworld.policies import ENV_POLICY_MAP
 from numpy.typing import NDArray
 
-from wamfleet.platform.contracts.embodiment import (
-    ActionRepresentation,
-    CameraSpec,
-    EmbodimentSpec,
+from wamfleet.fleet_agent.sim.sawyer import (
+    ACTION_NAMES,
+    CAMERAS,
+    DEFAULT_CAMERAS,
+    STATE_NAMES,
+    sawyer_embodiment,
 )
 
-EMBODIMENT_NAME = "sawyer-metaworld"
-SIM_FPS = 15.0
-# Bundle camera name -> MuJoCo camera: an exterior view and the wrist view, as on real arms.
-CAMERAS = {"exterior": "corner2", "wrist": "gripperPOV", "top": "topview"}
-DEFAULT_CAMERAS = ("exterior", "wrist")
-STATE_NAMES = (
-    ["hand_x", "hand_y", "hand_z", "gripper"]
-    + [f"obj{o}_{c}" for o in (0, 1) for c in ("x", "y", "z", "qw", "qx", "qy", "qz")]
-    + [f"prev_{n}" for n in ["hand_x", "hand_y", "hand_z", "gripper"]]
-    + [f"prev_obj{o}_{c}" for o in (0, 1) for c in ("x", "y", "z", "qw", "qx", "qy", "qz")]
-    + ["goal_x", "goal_y", "goal_z"]
-)
-ACTION_NAMES = ["dx", "dy", "dz", "grip"]
 # Meta-World's registries are untyped; goal-observable envs take a layout seed at construction.
 _ENVS: dict[str, Any] = metaworld.ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE  # type: ignore[attr-defined]
 _EXPERTS: dict[str, Any] = ENV_POLICY_MAP
@@ -49,19 +38,6 @@ _EXPERTS: dict[str, Any] = ENV_POLICY_MAP
 def expert_for(task: str) -> Any:
     """Meta-World's scripted expert for `task` (stateless: it acts on the observation alone)."""
     return _EXPERTS[task]()
-
-
-def sawyer_embodiment(image_size: int = 96, cameras: tuple[str, ...] = DEFAULT_CAMERAS) -> EmbodimentSpec:
-    return EmbodimentSpec(
-        name=EMBODIMENT_NAME,
-        version=1,
-        cameras=[CameraSpec(name=c, height=image_size, width=image_size) for c in cameras],
-        fps=SIM_FPS,
-        state_names=STATE_NAMES,
-        action_names=ACTION_NAMES,
-        action_representation=ActionRepresentation.delta,
-        description="Meta-World Sawyer: end-effector delta xyz + gripper; state is the 39-d observation.",
-    )
 
 
 def known_task(task: str) -> bool:

@@ -45,7 +45,7 @@ class ScriptedExpert:
         raise ValueError(f"instruction: {instruction!r} is none of this expert's tasks {list(self.tasks)}")
 
     def metadata(self, version: str) -> PolicyMetadata:
-        from wamfleet.fleet_agent.sim.metaworld_robot import DEFAULT_CAMERAS, sawyer_embodiment
+        from wamfleet.fleet_agent.sim.sawyer import DEFAULT_CAMERAS, sawyer_embodiment
 
         spec = sawyer_embodiment()
         return PolicyMetadata(
@@ -62,7 +62,8 @@ class ScriptedExpert:
     def chunk(self, session_id: str, instruction: str, state: NDArray[np.float32]) -> NDArray[np.float32]:
         """The expert's action at this state for the whole chunk (the runner asks again halfway),
         or zeros (hold still) in an episode the expert does not drive."""
-        from wamfleet.fleet_agent.sim.metaworld_robot import ACTION_NAMES, expert_for
+        from wamfleet.fleet_agent.sim.metaworld_robot import expert_for
+        from wamfleet.fleet_agent.sim.sawyer import ACTION_NAMES
 
         task = self.task(instruction)
         if not self.competent(session_id):

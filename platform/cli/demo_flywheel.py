@@ -305,7 +305,7 @@ def read_back_and_export(
 ) -> None:
     """Downloads every episode through its signed URLs, verifies it, exports LeRobot v3."""
     from wamfleet.fleet_agent.episode_io import EpisodeReader
-    from wamfleet.fleet_agent.sim.metaworld_robot import sawyer_embodiment
+    from wamfleet.fleet_agent.sim.sawyer import sawyer_embodiment
     from wamfleet.pipelines.lerobot_v3 import export_lerobot
 
     with Progress(*_columns(), console=console) as progress, tempfile.TemporaryDirectory() as tmp:

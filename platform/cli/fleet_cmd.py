@@ -55,7 +55,7 @@ def simulate_fleet(
     console: Console | None = None,
 ) -> FleetRun:
     """Registers the robots, runs them (one process each) and waits until every episode is committed."""
-    from wamfleet.fleet_agent.sim.metaworld_robot import sawyer_embodiment
+    from wamfleet.fleet_agent.sim.sawyer import sawyer_embodiment
     from wamfleet.fleet_agent.video_import import human_video_embodiment
 
     spec = sawyer_embodiment(image_size)

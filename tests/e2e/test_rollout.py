@@ -26,7 +26,7 @@ from pydantic import SecretStr
 
 from tests.unit.serving.policy_support import tiny_policy
 from wamfleet.fleet_agent.sim.assigned import AssignedEpisode, AssignedRobotPlan, run_assigned_fleet
-from wamfleet.fleet_agent.sim.metaworld_robot import sawyer_embodiment
+from wamfleet.fleet_agent.sim.sawyer import sawyer_embodiment
 from wamfleet.fleet_agent.sim.scripted_policy import write_scripted_policy
 from wamfleet.model.policy import load_policy, save_policy
 from wamfleet.platform.api.app import create_app

@@ -23,7 +23,7 @@ import torch
 from mlflow import MlflowClient
 
 from tests.unit.serving.policy_support import tiny_policy
-from wamfleet.fleet_agent.sim.metaworld_robot import sawyer_embodiment
+from wamfleet.fleet_agent.sim.sawyer import sawyer_embodiment
 from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.cli.admin_client import AdminClient
 from wamfleet.platform.contracts.rollout import RolloutConfig, StartRollout

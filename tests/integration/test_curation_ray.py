@@ -22,7 +22,8 @@ from tests.unit.test_curation import episode_id, snapshot_entry, write_blob_epis
 from wamfleet.fleet_agent.episode_io import EpisodeReader, EpisodeWriter
 from wamfleet.fleet_agent.sim.expert import record_expert_episode
 from wamfleet.fleet_agent.sim.fleet import layout_seed
-from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot, sawyer_embodiment
+from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot
+from wamfleet.fleet_agent.sim.sawyer import sawyer_embodiment
 from wamfleet.pipelines.curate import curate
 from wamfleet.pipelines.curate_quality import analyse_episode, cosine
 from wamfleet.pipelines.ray_runtime import ensure_ray

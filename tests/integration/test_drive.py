@@ -242,7 +242,7 @@ def test_a_robot_assigned_a_stopped_endpoint_picks_its_cameras_without_crashing(
     """A rollback can stop a server between a robot's assignment and its first connect; the
     robot process used to die on the metadata call (seen in the rollback e2e)."""
     from wamfleet.fleet_agent.sim.drive import policy_cameras, reachable_metadata
-    from wamfleet.fleet_agent.sim.metaworld_robot import DEFAULT_CAMERAS
+    from wamfleet.fleet_agent.sim.sawyer import DEFAULT_CAMERAS
 
     with open_policy_client(f"ws://127.0.0.1:{free_port('127.0.0.1')}", timeout_s=2.0) as client:
         assert reachable_metadata(client) is None

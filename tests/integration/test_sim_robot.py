@@ -10,7 +10,8 @@ import pytest
 from wamfleet.fleet_agent.episode_io import EpisodeReader
 from wamfleet.fleet_agent.sim.expert import record_expert_episode
 from wamfleet.fleet_agent.sim.fleet import FleetMode, SimRobotPlan, layout_seed, plan_fleet, run_sim_fleet
-from wamfleet.fleet_agent.sim.metaworld_robot import STATE_NAMES, MetaWorldRobot
+from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot
+from wamfleet.fleet_agent.sim.sawyer import STATE_NAMES
 
 
 def test_expert_episode_succeeds_and_round_trips(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ import torch
 
 from wamfleet.fleet_agent.episode_io import EpisodeReader
 from wamfleet.fleet_agent.sim.expert import record_expert_episode
-from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot, sawyer_embodiment
+from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot
+from wamfleet.fleet_agent.sim.sawyer import sawyer_embodiment
 from wamfleet.model.config import WAMConfig
 from wamfleet.model.normalize import QuantileNormalizer
 from wamfleet.model.objective import flow_matching_loss

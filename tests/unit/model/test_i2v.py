@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.unit.model.wam_support import EMBODIMENTS, masks, synthetic_batch
-from wamfleet.fleet_agent.sim.metaworld_robot import sawyer_embodiment
+from wamfleet.fleet_agent.sim.sawyer import sawyer_embodiment
 from wamfleet.model.config import WAMConfig
 from wamfleet.model.objective import WAMBatch, check_batch, flow_matching_loss
 from wamfleet.model.policy import load_policy, save_policy

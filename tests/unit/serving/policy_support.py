@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from wamfleet.fleet_agent.sim.metaworld_robot import sawyer_embodiment
+from wamfleet.fleet_agent.sim.sawyer import sawyer_embodiment
 from wamfleet.model.config import WAMConfig
 from wamfleet.model.policy import save_policy
 from wamfleet.model.transformer import WorldActionModel

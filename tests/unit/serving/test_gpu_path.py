@@ -174,3 +174,31 @@ def test_serve_names_a_bad_compile_mode(tmp_path: Path, monkeypatch: pytest.Monk
     result = runner.invoke(app, ["serve", "--policy", str(tmp_path / "p"), "--compile-mode", "default"])
     assert result.exit_code == 2
     assert "--compile-mode: only with --compile" in result.output
+
+
+def test_the_gpu_benchmark_imports_without_a_simulator() -> None:
+    """A bare GPU machine gets the model's packages carried to it, not MuJoCo or Meta-World: the
+    serving benchmark and the Sawyer's embodiment spec must import without them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['metaworld'] = None; sys.modules['mujoco'] = None;"
+        "sys.path.insert(0, 'benchmarks'); import gpu_serving;"
+        "from wamfleet.fleet_agent.sim.sawyer import sawyer_embodiment;"
+        "assert sawyer_embodiment(64).cameras[0].height == 64;"
+        "assert 'metaworld' not in [m.split('.')[0] for m in sys.modules if sys.modules[m] is not None]"
+    )
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_gpu_benchmark_gives_each_preset_its_own_budget() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+    from gpu_serving import without_presets
+
+    argv = ["--preset", "small", "--budget-s", "30", "--sessions", "1,4", "--preset=wan2.1-1.3b", "--quick"]
+    assert without_presets(argv) == ["--sessions", "1,4", "--quick"]
