@@ -65,12 +65,14 @@ def create_run(
     return run
 
 
-def get_run(session: Session, run_id: str) -> RetrainRun | None:
-    return session.get(RetrainRun, run_id)
+def get_run(session: Session, run_id: str, *, lock: bool = False) -> RetrainRun | None:
+    """`lock` holds the row for the rest of the transaction (PostgreSQL): with several API
+    replicas, a runner and launchers, whoever reads a run to move it waits for anyone moving it."""
+    return session.get(RetrainRun, run_id, with_for_update=lock or None)
 
 
 def _run(session: Session, run_id: str) -> RetrainRun:
-    run = session.get(RetrainRun, run_id)
+    run = get_run(session, run_id, lock=True)
     if run is None:
         raise RetrainRunError(f"no retrain run {run_id!r}")
     return run

@@ -76,7 +76,7 @@ class _CatalogUser:
     def _fail_if_active(self, run_id: str, error: str) -> bool:
         """Marks the run failed unless its runner already recorded an outcome; True if it did."""
         with self.catalog.session() as s:
-            row = retrains.get_run(s, run_id)
+            row = retrains.get_run(s, run_id, lock=True)  # another replica may be failing it too
             if row is None or row.status not in retrains.ACTIVE:
                 return False
             retrains.mark_finished(s, run_id, succeeded=False, error=error, actor=f"launcher:{row.backend}")
@@ -299,12 +299,12 @@ class KfpLauncher(_CatalogUser):
             status = kfp_status(kfp_run.state)
             if status == "running":
                 with self.catalog.session() as s:
-                    row = retrains.get_run(s, run_id)
+                    row = retrains.get_run(s, run_id, lock=True)  # replicas poll the same runs
                     if row is not None and row.status == "queued":
                         retrains.mark_running(s, run_id, actor="launcher:kfp")
             elif status == "succeeded":
                 with self.catalog.session() as s:
-                    row = retrains.get_run(s, run_id)
+                    row = retrains.get_run(s, run_id, lock=True)
                     if row is not None and row.status in retrains.ACTIVE:
                         retrains.mark_finished(s, run_id, succeeded=True, actor="launcher:kfp")
             elif status == "failed":
