@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +115,12 @@ class TimedClient(PlatformClient):
         self.put_bytes = 0
         self.commit_s: list[float] = []
         self.failures = 0
+        self.failure_kinds: Counter[str] = Counter()  # "commit: HTTP 503", "put: ReadTimeout", ...
+
+    def _failed(self, call: str, exc: Exception) -> None:
+        self.failures += 1
+        found = re.search(r"HTTP \d{3}|[A-Z][A-Za-z]*(?:Error|Timeout|Exception)", str(exc))
+        self.failure_kinds[f"{call}: {found.group(0) if found else type(exc).__name__}"] += 1
 
     def put_file(
         self,
@@ -125,8 +133,8 @@ class TimedClient(PlatformClient):
         start = time.perf_counter()
         try:
             super().put_file(url, path, size, throttle, headers)
-        except Exception:
-            self.failures += 1
+        except Exception as exc:
+            self._failed("put", exc)
             raise
         finally:
             self.put_s += time.perf_counter() - start
@@ -136,8 +144,8 @@ class TimedClient(PlatformClient):
         start = time.perf_counter()
         try:
             summary = super().commit(session_id)
-        except Exception:
-            self.failures += 1
+        except Exception as exc:
+            self._failed("commit", exc)
             raise
         self.commit_s.append(time.perf_counter() - start)
         return summary
@@ -179,6 +187,7 @@ class Result:
     baseline_wall_s: float  # median pass
     failures: int
     committed_ids: list[str]
+    failure_kinds: Counter[str] = field(default_factory=Counter)
 
 
 def run_threads(n: int, work: Callable[[int], None]) -> float:
@@ -206,8 +215,11 @@ def run_threads(n: int, work: Callable[[int], None]) -> float:
     return wall
 
 
-def run_agents(fleet: Fleet, api_url: str) -> tuple[float, list[TimedClient], list[UploadReport]]:
-    clients = [TimedClient(api_url, token) for token in fleet.tokens]
+def run_agents(fleet: Fleet, api_url: str | list[str]) -> tuple[float, list[TimedClient], list[UploadReport]]:
+    """Every robot's uploader once, concurrently; with several API URLs (replicas), robot i talks
+    to URL i mod n, as behind a load balancer that keeps a robot's connection."""
+    urls = [api_url] if isinstance(api_url, str) else api_url
+    clients = [TimedClient(urls[i % len(urls)], token) for i, token in enumerate(fleet.tokens)]
     reports = [UploadReport() for _ in range(fleet.n)]
     # A long retention keeps the uploaded bundles on disk for the fput baseline.
     uploaders = [
@@ -252,7 +264,9 @@ def run_baseline(fleet: Fleet, client: Minio) -> tuple[float, int, float]:
     return rate, sum(sent), wall
 
 
-def measure(fleet: Fleet, api_url: str, endpoint: str, repeats: int, checksums: str = "trust") -> Result:
+def measure(
+    fleet: Fleet, api_url: str | list[str], endpoint: str, repeats: int, checksums: str = "trust"
+) -> Result:
     wall, clients, reports = run_agents(fleet, api_url)
     http = urllib3.PoolManager(
         maxsize=max(10, fleet.n), timeout=urllib3.Timeout(connect=10.0, read=60.0), retries=False
@@ -277,6 +291,7 @@ def measure(fleet: Fleet, api_url: str, endpoint: str, repeats: int, checksums: 
         baseline_rate=baseline_rate,
         baseline_wall_s=baseline_wall,
         failures=sum(c.failures for c in clients),
+        failure_kinds=sum((c.failure_kinds for c in clients), Counter()),
         committed_ids=[name for r in reports for name in r.committed],
     )
 

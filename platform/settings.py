@@ -33,6 +33,16 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy URL of the catalog (PostgreSQL in production); default: SQLite in data_dir.",
     )
+    catalog_pool_size: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Catalog connections each API process keeps open (PostgreSQL). N replicas may hold "
+        "N x (pool size + overflow): keep that under the server's max_connections.",
+    )
+    catalog_max_overflow: int = Field(
+        default=10, ge=0, le=1000, description="Extra catalog connections a busy API process may open."
+    )
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token for admin routes; `platform serve` generates one if unset."
     )

@@ -16,6 +16,8 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import make_asgi_app
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from wamfleet.platform.api import dashboard, episodes, errors, objects, retrains, robots, rollouts, uploads
 from wamfleet.platform.api.state import PlatformState
@@ -50,7 +52,11 @@ def build_state(
     launcher: RetrainLauncher | None = None,
     rollout_controller: RolloutController | None = None,
 ) -> PlatformState:
-    catalog = Catalog(settings.effective_catalog_url)
+    catalog = Catalog(
+        settings.effective_catalog_url,
+        pool_size=settings.catalog_pool_size,
+        max_overflow=settings.catalog_max_overflow,
+    )
     if store is None:
         store = open_object_store(settings, url_base=objects.OBJECTS_PATH)
     elif isinstance(store, LocalObjectStore) and store.url_base is None:
@@ -180,6 +186,8 @@ def create_app(
     app.add_exception_handler(IngestError, errors.ingest_error)
     app.add_exception_handler(InvalidKey, errors.invalid_key)
     app.add_exception_handler(StorageError, errors.storage_error)
+    app.add_exception_handler(OperationalError, errors.catalog_unavailable)
+    app.add_exception_handler(PoolTimeout, errors.catalog_unavailable)
     for router in (
         robots.router,
         uploads.router,

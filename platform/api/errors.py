@@ -29,6 +29,16 @@ async def storage_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def catalog_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    """The catalog refused a connection (too many clients, restarting), its pool was exhausted for
+    the pool timeout, or it broke a transaction off (deadlock, serialization): nothing was
+    recorded, and the same request later will succeed."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+    return JSONResponse(
+        {"detail": f"catalog unavailable, retry: {reason}"}, status_code=503, headers={"Retry-After": "1"}
+    )
+
+
 async def validation_error(_: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422, except that the echoed input is always serializable: a NaN the client sent
     comes back as "nan" (the default handler fails to encode it and answers 500)."""

@@ -80,7 +80,7 @@ def audits(catalog: Catalog, action: str) -> dict[str, int]:
             .where(AuditEntry.action == action)
             .group_by(AuditEntry.target)
         )
-        return {target: count for target, count in rows.tuples()}
+        return {str(target): int(n) for target, n in rows}
 
 
 def test_replicas_starting_together_migrate_a_fresh_catalog_once(pg: str) -> None:
@@ -346,3 +346,31 @@ def test_two_replicas_ticking_one_rollout_apply_each_decision_once(pg: str, tmp_
     finally:
         for c in catalogs:
             c.dispose()
+
+
+def test_a_catalog_refusing_connections_is_a_503_to_retry_not_a_500(pg: str, tmp_path: Path) -> None:
+    """What robots met at 4 replicas when their pools outgrew max_connections ("too many clients"):
+    the request must say "retry later", and the same request must work once the catalog is back."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy import create_engine, text
+
+    name = pg.rsplit("/", 1)[1]
+    admin = create_engine(pg.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    with TestClient(create_app(settings_for(tmp_path, pg))) as client:
+        assert client.get("/v1/episodes", headers=ADMIN).status_code == 200
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'))
+                conn.execute(
+                    text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
+                    {"d": name},
+                )
+            refused = client.get("/v1/episodes", headers=ADMIN)
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["Retry-After"] == "1"
+            assert refused.json()["detail"].startswith("catalog unavailable, retry:")
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'))
+            admin.dispose()
+        assert client.get("/v1/episodes", headers=ADMIN).status_code == 200
