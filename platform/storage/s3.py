@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
+from xml.etree.ElementTree import ParseError
 
 import certifi
 import urllib3
@@ -38,6 +39,10 @@ MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_SINGLE_COPY = 5 * 1024**3  # larger sources need a multipart copy (compose)
 POOL_SIZE = 64
 _MISSING = {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}
+# What a store call raises when the store or the link fails. A response cut short inside its
+# headers reaches minio with partial values (urllib3 only logs it): a date that does not parse is
+# a ValueError, an empty XML body a ParseError. Both are the store's failure (503), not ours (500).
+TRANSPORT_ERRORS = (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError, ParseError)
 
 
 class S3ObjectStore(ObjectStore):
@@ -88,7 +93,7 @@ class S3ObjectStore(ObjectStore):
             except S3Error as exc:
                 if exc.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
                     raise StorageError(f"cannot create bucket {bucket!r}: {exc}") from exc
-            except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            except TRANSPORT_ERRORS as exc:
                 raise StorageError(f"cannot reach the S3 API at {endpoint}: {exc}") from exc
 
     def _wrap(self, key: str, exc: Exception) -> StorageError:
@@ -103,7 +108,7 @@ class S3ObjectStore(ObjectStore):
         validate_key(key)
         try:
             self.client.put_object(self.bucket, key, stream, length, part_size=self.part_size)
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise self._wrap(key, exc) from exc
         return ObjectInfo(key=key, size=length)
 
@@ -111,7 +116,7 @@ class S3ObjectStore(ObjectStore):
         validate_key(key)
         try:
             self.client.fput_object(self.bucket, key, str(path), part_size=self.part_size)
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise self._wrap(key, exc) from exc
         return ObjectInfo(key=key, size=path.stat().st_size)
 
@@ -136,7 +141,7 @@ class S3ObjectStore(ObjectStore):
             if received != int(declared):
                 raise StorageError(f"object store error on {key!r}: got {received} of {declared} bytes")
             return received
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise self._wrap(key, exc) from exc
         finally:
             if response is not None:
@@ -163,7 +168,7 @@ class S3ObjectStore(ObjectStore):
         validate_key(key)
         try:
             stat = self.client.stat_object(self.bucket, key)
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise self._wrap(key, exc) from exc
         headers = stat.metadata or {}
         if "content-length" not in {k.lower() for k in headers} or not stat.etag:
@@ -174,7 +179,7 @@ class S3ObjectStore(ObjectStore):
         """One CopyObject request; sources over 5 GiB go through a multipart compose."""
         try:
             self._server_copy(src, dst, size, hash_sha256=False)
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise self._wrap(src, exc) from exc
 
     def copy_verified(self, src: str, dst: str, size: int | None = None) -> str | None:
@@ -185,7 +190,7 @@ class S3ObjectStore(ObjectStore):
             if not self._server_copy(src, dst, size, hash_sha256=True):
                 return None
             stat = self.client.stat_object(self.bucket, dst, extra_headers={"x-amz-checksum-mode": "ENABLED"})
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise self._wrap(src, exc) from exc
         headers = {k.lower(): v for k, v in (stat.metadata or {}).items()}
         reported = headers.get(CHECKSUM_HEADER)
@@ -223,14 +228,14 @@ class S3ObjectStore(ObjectStore):
                     size=obj.size or 0,
                     last_modified=obj.last_modified,
                 )
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise self._wrap(prefix, exc) from exc
 
     def delete(self, key: str) -> None:
         validate_key(key)
         try:
             self.client.remove_object(self.bucket, key)
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             error = self._wrap(key, exc)
             if not isinstance(error, ObjectNotFound):
                 raise error from exc
@@ -239,7 +244,7 @@ class S3ObjectStore(ObjectStore):
         validate_key(key)
         try:
             return self.client.presigned_put_object(self.bucket, key, expires=expires)
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise self._wrap(key, exc) from exc
 
     def presigned_put(self, key: str, expires: timedelta, sha256: str) -> PresignedPut:
@@ -277,5 +282,5 @@ class S3ObjectStore(ObjectStore):
         validate_key(key)
         try:
             return self.client.presigned_get_object(self.bucket, key, expires=expires)
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise self._wrap(key, exc) from exc

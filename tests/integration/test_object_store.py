@@ -282,3 +282,57 @@ def test_local_presigned_put_binds_the_checksum_into_its_signature(tmp_path: Pat
     other = sha256_base64(hashlib.sha256(b"y").hexdigest())
     with pytest.raises(PermissionError, match="signature"):  # a swapped checksum breaks the URL
         store.verify_presigned("PUT", "uploads/s/data.parquet", expires, signature, other)
+
+
+class _CutShort:
+    """An S3 endpoint whose every answer is a response cut off as a bad link cuts it: the status
+    line and headers whole except the last, whose value stops mid-way, or an XML body that is empty."""
+
+    def __init__(self, response: bytes) -> None:
+        import socket
+        import threading
+
+        self.response = response
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(self.response)
+
+
+@pytest.mark.parametrize(
+    ("call", "response"),
+    [
+        pytest.param(
+            "stat",
+            b'HTTP/1.1 200 OK\r\nContent-Length: 3\r\nETag: "abc"\r\nLast-Modified: Fri, 04 De\r\n\r\n',
+            id="stat-date-cut",
+        ),
+        pytest.param(
+            "copy",
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: 0\r\n\r\n",
+            id="copy-empty-xml",
+        ),
+    ],
+)
+def test_a_response_cut_short_is_a_storage_error_not_a_crash(call: str, response: bytes) -> None:
+    """Seen under the chaos proxy: minio raised ValueError and ParseError, which the API answered
+    as 500s; a store that fails is a StorageError (503, retry)."""
+    server = _CutShort(response)
+    try:
+        store = make_s3_store(server.endpoint, "cut-short", create_bucket=False)
+        action = (
+            (lambda: store.stat("a/b.bin")) if call == "stat" else (lambda: store.copy("a/b.bin", "a/c.bin"))
+        )
+        with pytest.raises(StorageError):
+            action()
+    finally:
+        server.sock.close()

@@ -10,7 +10,10 @@ Every accepted connection meets one fate, drawn with the configured probabilitie
   without a body of at least 2 bytes then goes through whole, and no fault is counted);
 - `flip_byte`: forwarded, but the first request with a body of at least 1 byte (a PUT of an
   object) has one byte of its body flipped (XOR 0xFF, at a seeded random position), as a bad
-  link would; in a chunked body, the byte is in the first non-empty chunk;
+  link would; in a chunked body, the byte is in the first non-empty chunk. Besides, every
+  later request with a length-framed body, on any parsed connection, is flipped with the same
+  probability: a flip-fated connection that carries only a GET flips nothing, and a test that
+  needs flips to happen should not hang on the few connections that carry uploads;
 - otherwise forwarded both ways untouched.
 
 Faults are counted when they actually happen. `set_faults(0, 0, 0)`, or `pass_through()`,
@@ -297,7 +300,7 @@ class FaultyProxy:
             self._drop_request(client, upstream, share)
             return
         flip_share = share if fate == "flip_byte" else None
-        parse = self._verify_checksums or flip_share is not None
+        parse = self._verify_checksums or flip_share is not None or self._rates.flip_byte > 0
 
         def requests() -> None:
             if parse:
@@ -425,6 +428,13 @@ class FaultyProxy:
 
     # Requests, one at a time ---------------------------------------------------------------
 
+    def _roll_flip(self) -> float | None:
+        """Where to flip this request's body (a share of its length), or None: no flip."""
+        with self._lock:
+            if self._rng.random() < self._rates.flip_byte:
+                return self._rng.random()
+        return None
+
     def _pump_requests(
         self, client: socket.socket, upstream: socket.socket, flip_share: float | None
     ) -> None:
@@ -449,6 +459,8 @@ class FaultyProxy:
                     raise _Unframed  # a Content-Length that is not a length
                 length = declared or 0
                 flip_at = None
+                if flip_share is None and length > 0:
+                    flip_share = self._roll_flip()
                 if flip_share is not None and length > 0:
                     flip_at, flip_share = min(int(flip_share * length), length - 1), None
                 if not (self._verify_checksums and declared is not None and _has_digest(headers)):
