@@ -264,10 +264,8 @@ def run_baseline(fleet: Fleet, client: Minio) -> tuple[float, int, float]:
     return rate, sum(sent), wall
 
 
-def measure(
-    fleet: Fleet, api_url: str | list[str], endpoint: str, repeats: int, checksums: str = "trust"
-) -> Result:
-    wall, clients, reports = run_agents(fleet, api_url)
+def measure_baseline(fleet: Fleet, endpoint: str, repeats: int) -> tuple[float, int, float]:
+    """The median of `repeats` fput passes over the fleet's uploaded files (run_baseline's tuple)."""
     http = urllib3.PoolManager(
         maxsize=max(10, fleet.n), timeout=urllib3.Timeout(connect=10.0, read=60.0), retries=False
     )
@@ -278,7 +276,14 @@ def measure(
         passes = sorted(run_baseline(fleet, s3) for _ in range(repeats))
     finally:
         http.clear()
-    baseline_rate, baseline_bytes, baseline_wall = passes[len(passes) // 2]
+    return passes[len(passes) // 2]
+
+
+def measure(
+    fleet: Fleet, api_url: str | list[str], endpoint: str, repeats: int, checksums: str = "trust"
+) -> Result:
+    wall, clients, reports = run_agents(fleet, api_url)
+    baseline_rate, baseline_bytes, baseline_wall = measure_baseline(fleet, endpoint, repeats)
     return Result(
         n=fleet.n,
         checksums=checksums,
