@@ -45,7 +45,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -56,7 +55,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from minio import Minio
-from sqlalchemy import create_engine, func, make_url, text
+from sqlalchemy import create_engine, func, text
 from sqlalchemy import select as sql_select
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # `python benchmarks/fleet_load.py`
@@ -75,6 +74,7 @@ from benchmarks.ingest import (
     run_threads,
     write_bundle,
 )
+from tests.support.postgres import scratch_database
 from wamfleet.fleet_agent.client import RejectedError
 from wamfleet.fleet_agent.episode_io import BundleError, write_manifest
 from wamfleet.fleet_agent.spool import Spool
@@ -182,18 +182,8 @@ def fresh_database(url: str | None, admin_url: str) -> Iterator[str]:
     if url is not None:
         yield url
         return
-    name = f"wamfleet_fleetload_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+    with scratch_database(admin_url, "wamfleet_fleetload") as scratch:
+        yield scratch
 
 
 @contextmanager

@@ -49,9 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.* from the repository root
-from sqlalchemy import create_engine, text
 
-from tests.conftest import PG_ADMIN_URL, PG_HOST, PG_PORT, make_s3_store, postgres_listening
+from tests.conftest import PG_ADMIN_URL, make_s3_store, postgres_listening
 from tests.support.chaos import (
     FAULTS,
     FRAMES,
@@ -71,6 +70,7 @@ from tests.support.chaos import (
     running,
 )
 from tests.support.faulty_proxy import FaultyProxy
+from tests.support.postgres import scratch_database
 from wamfleet.platform.contracts import EmbodimentSpec
 from wamfleet.platform.net import free_port
 
@@ -93,18 +93,8 @@ def catalog(kind: str, directory: Path) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite:///{directory / 'catalog.db'}"
         return
-    name = f"wamfleet_soak_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/{name}"
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+    with scratch_database(PG_ADMIN_URL, "wamfleet_soak") as url:
+        yield url
 
 
 @contextlib.contextmanager
