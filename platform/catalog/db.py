@@ -9,7 +9,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -42,13 +42,20 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+def advisory_xact_lock(target: Connection | Session, key: int) -> None:
+    """Holds PostgreSQL's advisory lock `key` (one bigint) until the transaction ends, so that
+    several API replicas take turns; nothing on SQLite, which has one writer at a time."""
+    dialect = target.dialect if isinstance(target, Connection) else target.get_bind().dialect
+    if dialect.name == "postgresql":
+        target.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
 def migrate(engine: Engine) -> None:
     """Brings the schema to the newest migration; safe to run on every start, by several API
     replicas at once: on PostgreSQL they take turns (DDL is transactional there, so the second
     finds the schema at head and does nothing)."""
     with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        advisory_xact_lock(connection, MIGRATION_LOCK_KEY)
         config = alembic_config(str(engine.url))
         config.attributes["connection"] = connection
         command.upgrade(config, "head")

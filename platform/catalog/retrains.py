@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from wamfleet.platform.catalog.db import advisory_xact_lock
 from wamfleet.platform.catalog.queries import audit, now
 from wamfleet.platform.catalog.tables import RetrainRun
 from wamfleet.platform.contracts.ids import new_episode_id
@@ -32,8 +33,7 @@ class RetrainRunError(ValueError):
 
 def lock_runs(session: Session) -> None:
     """Serializes run creation for the rest of the transaction (PostgreSQL; SQLite has one writer)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+    advisory_xact_lock(session, _LOCK_KEY)
 
 
 def create_run(
