@@ -9,8 +9,6 @@ config (tests, small models), in which case the policy saves them next to the co
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,8 +21,9 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _tower(cfg: ImageConditioningConfig) -> CLIPVisionModel:
+    """The CLIP tower: local weights only (`local_files_only`, not the process's HF_HUB_OFFLINE,
+    which huggingface_hub reads once at import), or random ones from the config."""
     if cfg.pretrained is not None:
-        os.environ["HF_HUB_OFFLINE"] = "1"
         if not cfg.pretrained.is_dir():
             raise ValueError(f"image_conditioning.pretrained: {cfg.pretrained} is not a directory")
         model: CLIPVisionModel = CLIPVisionModel.from_pretrained(cfg.pretrained, local_files_only=True)

@@ -7,7 +7,6 @@ A fleet repeats a handful of instructions endlessly, so results are cached per s
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Self
@@ -20,8 +19,10 @@ from wamfleet.model.config import TextConfig
 
 
 def _load(cfg: TextConfig, dtype: torch.dtype | None) -> tuple[Any, nn.Module]:
-    """(tokenizer, model) from local files only: training pods and robots have no hub access."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    """(tokenizer, model) from local files only: training pods and robots have no hub access.
+
+    `local_files_only` on each call, not HF_HUB_OFFLINE: huggingface_hub reads that variable once,
+    at import, so setting it here never made this load offline, only every later child process."""
     kwargs: dict[str, Any] = {"local_files_only": True}
     if dtype is not None:
         kwargs["dtype"] = dtype

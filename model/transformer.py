@@ -46,7 +46,6 @@ class Kind(IntEnum):
     CLEAN = 1  # a clean chunk: history for later chunks
     NOISY = 2  # a noisy chunk's video or action tokens: what is denoised
     STATE = 3  # a chunk's robot state (clean)
-    PAD = -1  # padding in a batch of caches of different lengths: nobody attends to it
 
 
 @dataclass
@@ -519,14 +518,6 @@ class KVCache:
         self._pattern = (query, self.length, pattern)
         return pattern
 
-    @property
-    def num_tokens(self) -> int:
-        return self.length
-
-    @property
-    def num_chunks(self) -> int:
-        return 0 if self.meta is None else int(self.meta.chunk.max().item())
-
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
@@ -705,15 +696,8 @@ class WorldActionModel(nn.Module):
         outs = [heads[name](x[i : i + 1]) for i, name in enumerate(embodiments)]
         return torch.cat(outs, dim=0)
 
-    def action_tokens(
-        self, actions: Tensor, action_mask: Tensor, embodiments: list[str], chunk: int, frame: int
-    ) -> tuple[Tensor, TokenMeta]:
-        """(B, A, max_action_dim) padded actions + (B, max_action_dim) mask -> (B, A, D)."""
-        tokens = self.embed_actions(actions, action_mask, embodiments)
-        return tokens, self._to_device(action_meta(actions.shape[1], chunk, frame), tokens.device)
-
     def embed_actions(self, actions: Tensor, action_mask: Tensor, embodiments: list[str]) -> Tensor:
-        """`action_tokens` without their metadata."""
+        """(B, A, max_action_dim) padded actions + (B, max_action_dim) mask -> (B, A, D)."""
         b, a, _ = actions.shape
         mask = action_mask.to(actions.dtype)
         inp = torch.cat([actions * mask[:, None, :], mask[:, None, :].expand(b, a, -1)], dim=-1)

@@ -113,6 +113,3 @@ def register(
     )
     outputs = namedtuple("outputs", ["version", "candidate"])
     return outputs(out.version, out.candidate)
-
-
-COMPONENTS = (snapshot, validate, curate, shards, finetune, evaluate, register)

@@ -1,10 +1,11 @@
 """Starting the predictor: KServe's ModelServer, with the openpi websocket on the same port.
 
-KServe routes one HTTP port per predictor container; the websocket route is added to KServe's
-own FastAPI app before the server starts, so both protocols share it (websockets arrive as
-HTTP upgrades).
+KServe routes one HTTP port per predictor container; KServe's routes and the websocket route
+go on one FastAPI app of ours (`PolicyRESTServer`, not KServe's module-level app, so nothing of
+KServe's changes for other servers in the process), and both protocols share its port
+(websockets arrive as HTTP upgrades).
 
-KServe's app is gated to what this server supports (`PolicyGate`, in front of everything):
+The app is gated to what this server supports (`PolicyGate`, in front of everything):
 - routes: the health, readiness, metadata and metrics routes KServe probes and Prometheus use,
   v2 `POST /v2/models/<name>/infer`, and the websocket at "/". KServe's v1 routes, model
   versions, the repository load/unload routes and the OpenAPI pages are refused (404);
@@ -28,6 +29,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kserve import ModelServer
+from kserve.protocol.rest.server import RESTServer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from wamfleet.platform.contracts.protocol import MAX_MESSAGE_BYTES
@@ -163,6 +166,15 @@ def _engine_of(predictor: WAMPredictor) -> Callable[[], Engine]:
     return engine
 
 
+def _new_app() -> FastAPI:
+    """An app of our own, made as KServe makes its module-level one (ORJSON responses, as `serve`
+    always answered), so the gate and routes added to it never reach `kserve.model_server.app`,
+    which every other KServe server in the process serves."""
+    from fastapi.responses import ORJSONResponse
+
+    return FastAPI(docs_url=None, redoc_url=None, default_response_class=ORJSONResponse)
+
+
 def policy_app(
     predictor: WAMPredictor, *, api_key: str | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES
 ) -> FastAPI:
@@ -170,7 +182,6 @@ def policy_app(
     from kserve.model_repository import ModelRepository
     from kserve.protocol.dataplane import DataPlane
     from kserve.protocol.model_repository_extension import ModelRepositoryExtension
-    from kserve.protocol.rest.server import RESTServer
 
     repository = ModelRepository()
     repository.update(predictor)
@@ -185,6 +196,73 @@ def policy_app(
     return app
 
 
+class PolicyRESTServer(RESTServer):
+    """KServe's RESTServer with an app of our own, our bind address and websocket settings.
+
+    A subclass because KServe 0.21 offers no parameter for these: RESTServer.__init__ builds
+    uvicorn's config with host 0.0.0.0 and uvicorn's websocket defaults, and create_application
+    fills KServe's module-level app. Overriding both here (instead of patching RESTServer, as
+    before) leaves every other KServe server in the process as KServe made it.
+    """
+
+    def __init__(
+        self,
+        data_plane: Any,
+        model_repository_extension: Any,
+        http_port: int,
+        *,
+        engine: Callable[[], Engine],
+        host: str,
+        api_key: str | None,
+        max_message_bytes: int,
+        **kwargs: Any,
+    ) -> None:
+        self.app = _new_app()
+        super().__init__(self.app, data_plane, model_repository_extension, http_port, **kwargs)
+        self.policy_engine = engine
+        self.api_key = api_key
+        self.max_message_bytes = max_message_bytes
+        self.config.host = host  # KServe 0.21 hard-codes 0.0.0.0; tests and single machines bind loopback
+        self.config.ws_max_size = max_message_bytes  # uvicorn's default (16 MiB) would close 1009 first
+        self.config.ws_per_message_deflate = False  # as openpi's server: frames hardly compress
+
+    def create_application(self) -> None:
+        configure_app(
+            self.app, self, self.policy_engine, api_key=self.api_key, max_message_bytes=self.max_message_bytes
+        )
+
+
+class PolicyModelServer(ModelServer):
+    """KServe's ModelServer, serving REST through a `PolicyRESTServer`, in this one process.
+
+    A subclass because ModelServer.start (KServe 0.21) builds its RESTServer inline, naming the
+    class; `start` here is its one-worker, REST-only path with `rest_server` in its place.
+    """
+
+    def __init__(self, rest_server: Callable[..., PolicyRESTServer], **kwargs: Any) -> None:
+        super().__init__(workers=1, enable_grpc=False, **kwargs)
+        self.rest_server = rest_server
+
+    def start(self, models: list[Any]) -> None:
+        self._register_and_check_atleast_one_model_is_ready(models)
+        self._rest_server = self.rest_server(
+            self.dataplane,
+            self.model_repository_extension,
+            self.http_port,
+            access_log_format=self.access_log_format,
+            workers=1,
+            grace_period=self.grace_period,
+            event_loop=self.event_loop,
+            timeout_keep_alive=self.timeout_keep_alive,
+            ssl_certfile=self.ssl_certfile,
+            ssl_keyfile=self.ssl_keyfile,
+        )
+        self.servers.append(self._rest_server.start())
+        self.setup_event_loop()
+        self.register_signal_handler()
+        asyncio.run(self._serve())
+
+
 def serve(
     predictor: WAMPredictor,
     *,
@@ -194,34 +272,20 @@ def serve(
     max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> None:
     """Loads the policy (readiness comes after warm-up), then serves until SIGTERM/SIGINT."""
-    from kserve import ModelServer
-    from kserve.model_server import app
-    from kserve.protocol.rest import server as rest
-
     predictor.load()
-    engine = _engine_of(predictor)
-    original_init = rest.RESTServer.__init__
-    original_create = rest.RESTServer.create_application
-
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        original_init(self, *args, **kwargs)
-        self.config.host = host  # KServe 0.21 hard-codes 0.0.0.0; tests and single machines bind loopback
-        self.config.ws_max_size = max_message_bytes  # uvicorn's default (16 MiB) would close 1009 first
-        self.config.ws_per_message_deflate = False  # as openpi's server: frames hardly compress
-
-    def create_application(self: Any) -> None:
-        configure_app(app, self, engine, api_key=api_key, max_message_bytes=max_message_bytes)
-
-    rest.RESTServer.__init__ = init
-    rest.RESTServer.create_application = create_application
+    rest_server = functools.partial(
+        PolicyRESTServer,
+        engine=_engine_of(predictor),
+        host=host,
+        api_key=api_key,
+        max_message_bytes=max_message_bytes,
+    )
     loop_policy = asyncio.get_event_loop_policy()
     asyncio.set_event_loop_policy(_fast_loop_policy())
     asyncio.set_event_loop(asyncio.new_event_loop())  # KServe's setup_event_loop reads the current one
     try:
-        ModelServer(http_port=port, enable_grpc=False, workers=1).start([predictor])
+        PolicyModelServer(rest_server, http_port=port).start([predictor])
     finally:
-        rest.RESTServer.__init__ = original_init
-        rest.RESTServer.create_application = original_create
         asyncio.set_event_loop_policy(loop_policy)
 
 

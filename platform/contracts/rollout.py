@@ -27,7 +27,6 @@ TAG_SHADOW_REQUESTS = "shadow.requests"
 TAG_SHADOW_ERRORS = "shadow.errors"
 TAG_SHADOW_ACTION_MSE = "shadow.action_mse"
 TAG_SHADOW_LATENCY_P95_MS = "shadow.latency_p95_ms"
-TAG_ROLLOUT = "rollout.id"
 
 
 class RolloutConfig(BaseModel):
@@ -120,10 +119,6 @@ class ArmEvidence(BaseModel):
     def success_rate(self) -> float | None:
         return self.successes / self.episodes if self.episodes else None
 
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
-
 
 class ShadowEvidence(BaseModel):
     episodes: int = 0
@@ -131,10 +126,6 @@ class ShadowEvidence(BaseModel):
     errors: int = 0
     action_mse: float | None = None
     latency_p95_ms: float | None = None
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
 
 
 class Evidence(BaseModel):

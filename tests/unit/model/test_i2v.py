@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import torch
 
 from tests.unit.model.wam_support import EMBODIMENTS, masks, synthetic_batch
 from wamfleet.fleet_agent.sim.sawyer import sawyer_embodiment
-from wamfleet.model.config import WAMConfig
+from wamfleet.model.config import ImageConditioningConfig, WAMConfig
+from wamfleet.model.image import ImageEncoder
 from wamfleet.model.objective import WAMBatch, check_batch, flow_matching_loss
 from wamfleet.model.policy import load_policy, save_policy
 from wamfleet.model.sampler import ChunkSampler
@@ -116,3 +118,19 @@ def test_an_i2v_policy_is_served(tmp_path: Path) -> None:
             assert result.actions.shape == (8, 4) and np.isfinite(result.actions).all()
     finally:
         engine.close()
+
+
+def test_a_pretrained_clip_tower_loads_without_touching_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Local weights via `local_files_only`; HF_HUB_OFFLINE stays the caller's (children inherit it)."""
+    random = ImageEncoder(ImageConditioningConfig.model_validate(TINY_CLIP))
+    random.tower.save_pretrained(tmp_path / "clip")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    before = dict(os.environ)
+    loaded = ImageEncoder(
+        ImageConditioningConfig.model_validate(TINY_CLIP | {"pretrained": tmp_path / "clip"})
+    )
+    assert dict(os.environ) == before
+    canvas = torch.zeros(1, 3, 32, 32)
+    assert torch.equal(loaded.encode(canvas), random.encode(canvas))

