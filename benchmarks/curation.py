@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wamfleet.fleet_agent.episode_io import EpisodeWriter, load_manifest
+from wamfleet.fleet_agent.episode_format import load_manifest
+from wamfleet.fleet_agent.episode_writer import EpisodeWriter
 from wamfleet.pipelines.curate import curate
 from wamfleet.pipelines.ray_runtime import ensure_ray
 from wamfleet.platform.contracts import CameraSpec, EmbodimentSpec, Outcome

@@ -47,7 +47,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np
 import torch
 
-from wamfleet.fleet_agent.episode_io import EpisodeReader
+from wamfleet.fleet_agent.episode_reader import EpisodeReader
 from wamfleet.fleet_agent.sim.drive import drive_episode, evaluate_closed_loop
 from wamfleet.fleet_agent.sim.expert import record_expert_episode, run_expert_episode
 from wamfleet.fleet_agent.sim.fleet import eval_layout_seed, layout_seed
@@ -56,11 +56,11 @@ from wamfleet.fleet_agent.sim.sawyer import sawyer_embodiment
 from wamfleet.fleet_agent.spool import Spool
 from wamfleet.model.config import WAMConfig
 from wamfleet.model.policy import load_policy
+from wamfleet.pipelines.engine_client import EnginePolicyClient
 from wamfleet.pipelines.train_local import train_policy
 from wamfleet.pipelines.windows import window_starts
 from wamfleet.platform.rollouts.gates import wilson_interval95
 from wamfleet.serving.engine import PolicyEngine
-from wamfleet.serving.local_client import EnginePolicyClient
 
 EXPERIMENTS = {
     "a": "wam-vs-expert",

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wamfleet.fleet_agent.episode_io import EpisodeReader, EpisodeWriter
+from wamfleet.fleet_agent.episode_reader import EpisodeReader
+from wamfleet.fleet_agent.episode_writer import EpisodeWriter
 from wamfleet.fleet_agent.sim.fleet import layout_seed
 from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from wamfleet.fleet_agent.episode_io import EpisodeWriter
+from wamfleet.fleet_agent.episode_writer import EpisodeWriter
 from wamfleet.fleet_agent.sim.fleet import layout_seed
 from wamfleet.pipelines.curate import curate
 from wamfleet.pipelines.finetune import FinetuneConfig, FinetuneResult, finetune

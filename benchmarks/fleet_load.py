@@ -76,7 +76,7 @@ from benchmarks.ingest import (
 )
 from tests.support.postgres import scratch_database
 from wamfleet.fleet_agent.client import RejectedError
-from wamfleet.fleet_agent.episode_io import BundleError, write_manifest
+from wamfleet.fleet_agent.episode_format import BundleError, write_manifest
 from wamfleet.fleet_agent.spool import Spool
 from wamfleet.fleet_agent.uploader import GaveUp, Uploader, UploadReport
 from wamfleet.platform.catalog.tables import AuditEntry, Episode
@@ -85,6 +85,7 @@ from wamfleet.platform.contracts import EmbodimentSpec
 from wamfleet.platform.contracts.episode import MANIFEST_FILE, EpisodeManifest
 from wamfleet.platform.contracts.ids import new_episode_id
 from wamfleet.platform.contracts.ingest import UploadTicket
+from wamfleet.platform.entrypoint import WAMFLEET_CLI
 
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 TODAY_COMMITS_PER_S = 10.0  # one process in benchmarks/ingest.py before issue 21: 4-11 commits/s
@@ -205,15 +206,7 @@ def replicas(n: int, catalog_url: str, endpoint: str, root: Path) -> Iterator[tu
                 "WAMFLEET_S3_BUCKET": PLATFORM_BUCKET,
                 "WAMFLEET_ADMIN_TOKEN": ADMIN_TOKEN,
             }
-            cmd = [
-                sys.executable,
-                "-m",
-                "wamfleet.platform.cli.main",
-                "platform",
-                "serve",
-                "--port",
-                str(port),
-            ]
+            cmd = [*WAMFLEET_CLI, "platform", "serve", "--port", str(port)]
             with open(root / f"replica-{n}-{i}.log", "wb") as log:
                 procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
             urls.append(f"http://127.0.0.1:{port}")

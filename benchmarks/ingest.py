@@ -36,7 +36,7 @@ from minio import Minio
 from pydantic import SecretStr
 
 from wamfleet.fleet_agent.client import PlatformClient, TokenBucket
-from wamfleet.fleet_agent.episode_io import EpisodeWriter
+from wamfleet.fleet_agent.episode_writer import EpisodeWriter
 from wamfleet.fleet_agent.spool import Spool
 from wamfleet.fleet_agent.uploader import Uploader, UploadReport
 from wamfleet.platform.api.app import create_app

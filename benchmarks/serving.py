@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from websockets.sync.client import connect
 
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # `python benchmarks/serving.py`
+from tests.support.serve import serve_subprocess
 from wamfleet.fleet_agent.sim.sawyer import sawyer_embodiment
 from wamfleet.model.config import WAMConfig
 from wamfleet.model.policy import load_policy, save_policy
@@ -40,7 +42,6 @@ from wamfleet.model.transformer import WorldActionModel
 from wamfleet.model.vae import VideoCodec
 from wamfleet.platform.contracts.protocol import packb, unpackb
 from wamfleet.serving.engine import InferRequest, PolicyEngine
-from wamfleet.serving.launch import serve_subprocess
 
 TARGET_WS_OVERHEAD_MS = 2.0
 TARGET_OVERHEAD_RATIO = 1.5  # our websocket overhead over openpi's reference loop's

@@ -40,7 +40,7 @@ from mcap_ros2.decoder import DecoderFactory
 from numpy.typing import NDArray
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from wamfleet.fleet_agent.episode_io import EpisodeWriter
+from wamfleet.fleet_agent.episode_writer import EpisodeWriter
 from wamfleet.fleet_agent.spool import Spool
 from wamfleet.fleet_agent.video_import import _fit
 from wamfleet.platform.contracts.embodiment import EmbodimentSpec

@@ -263,129 +263,19 @@ class ActionChunkRunner:
         done: Callable[[], bool] | None = None,
     ) -> EpisodeRunStats:
         """Runs until `done()` or `max_steps`; the first chunk is awaited before the clock starts."""
-        session = session_id or uuid.uuid4().hex
-        clock: _Clock = RealClock() if self.realtime else SimClock()
-        stats = EpisodeRunStats(clock="wall" if self.realtime else "simulated")
-        # step -> [(chunk number, proposed action)]; only steps not yet executed.
-        plan: dict[int, list[tuple[int, NDArray[np.float32]]]] = {}
-        video: dict[int, NDArray[np.uint8]] = {}  # video-rate index -> frame the server may lack
-        acked = -1  # the last frame index a reply confirmed
-        retry_at = -math.inf
-        last_failure: RunnerEvent | None = None
-        chunk_seq = 0
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-request")
-        inflight: _InFlight | None = None
-
-        def call(images: NDArray[np.uint8], state: NDArray[np.float32], index: int) -> _Reply:
-            started = time.perf_counter()
-            try:
-                chunk = self.client.infer(session, instruction, images, state, frame_index=index)
-                return _Reply(chunk, None, "", time.perf_counter() - started)
-            except PolicyTimeout as exc:
-                return _Reply(None, "timeout", str(exc), time.perf_counter() - started)
-            except PolicyUnavailable as exc:
-                return _Reply(None, "unavailable", str(exc), time.perf_counter() - started)
-            except Exception as exc:  # noqa: BLE001 - a robot holds still rather than crash on any failure
-                detail = str(exc) if isinstance(exc, PolicyError) else f"{type(exc).__name__}: {exc}"
-                return _Reply(None, "error", detail, time.perf_counter() - started)
-
-        def send(step: int, images: NDArray[np.uint8], state: NDArray[np.float32]) -> _InFlight:
-            index = step // self._stride()
-            video[index] = images
-            pending = sorted(i for i in video if i > acked)[-self._frames_kept() :]
-            batch = np.stack([video[i] for i in pending])  # [T, views, H, W, 3], the current frame last
-            stats.requests += 1
-            stats.request_steps.append(step)
-            future = executor.submit(call, batch, state.copy(), index)
-            return _InFlight(future, step, clock.now(), index)
-
-        def land(flight: _InFlight, reply: _Reply, next_step: int) -> None:
-            nonlocal chunk_seq, last_failure, retry_at, acked
-            if reply.chunk is None:
-                assert reply.reason is not None
-                last_failure = RunnerEvent(next_step, reply.reason, reply.detail)
-                stats.request_failures.append(last_failure)
-                retry_at = flight.sent_at + reply.latency_s + self.retry_interval_s
-                log.warning("session %s step %d: request failed (%s)", session, next_step, reply.detail)
-                return
-            chunk = reply.chunk
-            last_failure = None
-            acked = max(acked, flight.frame_index)
-            for old in [i for i in video if i <= acked]:
-                del video[old]
-            stats.chunks += 1
-            stats.latencies_s.append(chunk.latency_s)
-            if chunk.policy_version and chunk.policy_version not in stats.policy_versions:
-                stats.policy_versions.append(chunk.policy_version)
-            if self.metadata is None or self.metadata.policy_version != chunk.policy_version:
-                self._learn_metadata()
-            chunk_seq += 1
-            self._merge(plan, chunk.actions, flight.obs_step, next_step, chunk_seq)
-
-        def arrived(flight: _InFlight, now: float, wait: bool) -> _Reply | None:
-            if not wait and not flight.future.done():
-                return None
-            reply = flight.future.result()
-            if not self.realtime and flight.sent_at + reply.latency_s > now:
-                return None  # simulated: not here yet at this step
-            return reply
-
+        episode = _Episode(self, session_id or uuid.uuid4().hex, instruction)
         try:
-            self._learn_metadata()
-            try:
-                self.client.reset(session)
-            except PolicyError as exc:
-                stats.request_failures.append(RunnerEvent(0, _reason(exc), str(exc)))
-            images, state = self.robot.observe()
-            # Warm start: the robot is at rest until its first chunk (or the first failure) arrives.
-            first = send(0, images, state)
-            land(first, first.future.result(), 0)
-            dt = 1.0 / self._rate()
-            start = next_tick = clock.now()
-            if last_failure is not None:
-                retry_at = start + self.retry_interval_s
+            images, state = episode.warm_start()
             for step in range(max_steps):
                 if done is not None and done():
                     break
                 if step > 0:
                     images, state = self.robot.observe()
-                now = clock.now()
-                if inflight is not None:
-                    reply = arrived(inflight, now, wait=not self.realtime)
-                    if reply is not None:
-                        land(inflight, reply, step)
-                        inflight = None
-                on_lattice = step % self._stride() == 0
-                if on_lattice:
-                    video[step // self._stride()] = images
-                queued = sum(1 for s in plan if s >= step)
-                if inflight is None and on_lattice and queued < self._threshold() and now >= retry_at:
-                    inflight = send(step, images, state)
-                action = self._pop(plan, step)
-                event = None
-                if action is None and last_failure is not None:
-                    event = RunnerEvent(step, last_failure.reason, last_failure.detail)
-                elif action is None:
-                    event = RunnerEvent(step, "empty_queue", "no action planned for this step")
-                elif not np.all(np.isfinite(action)):
-                    event = RunnerEvent(step, "error", "the policy proposed a non-finite action")
-                if event is not None:
-                    action = self._safe(state)
-                    stats.safe_actions += 1
-                    stats.events.append(event)
-                assert action is not None
-                self.robot.act(action)
-                stats.steps += 1
-                next_tick += dt
-                if self.realtime and clock.now() > next_tick:
-                    stats.overruns += 1
-                    next_tick = clock.now()  # late: do not rush to catch up
-                clock.sleep_until(next_tick)
-            stats.elapsed_s = clock.now() - start
-            stats.target_rate_hz = 1.0 / dt
+                episode.step(step, images, state)
+            episode.finish()
         finally:
-            executor.shutdown(wait=True)
-        return stats
+            episode.close()
+        return episode.stats
 
     # Merging ------------------------------------------------------------------------------------
 
@@ -424,6 +314,169 @@ class ActionChunkRunner:
         stacked = np.stack([a for _, a in proposals]).astype(np.float64)
         merged: NDArray[np.float64] = (weights[:, None] * stacked).sum(axis=0) / weights.sum()
         return merged.astype(np.float32)
+
+
+class _Episode:
+    """One episode's moving parts: the plan of future actions, the frames the server may lack,
+    the request in flight and the clock; `run_episode` drives it one control step at a time."""
+
+    def __init__(self, runner: ActionChunkRunner, session: str, instruction: str) -> None:
+        self.runner = runner
+        self.session = session
+        self.instruction = instruction
+        self.clock: _Clock = RealClock() if runner.realtime else SimClock()
+        self.stats = EpisodeRunStats(clock="wall" if runner.realtime else "simulated")
+        # step -> [(chunk number, proposed action)]; only steps not yet executed.
+        self.plan: dict[int, list[tuple[int, NDArray[np.float32]]]] = {}
+        self.video: dict[int, NDArray[np.uint8]] = {}  # video-rate index -> frame the server may lack
+        self.acked = -1  # the last frame index a reply confirmed
+        self.retry_at = -math.inf
+        self.last_failure: RunnerEvent | None = None
+        self.chunk_seq = 0
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-request")
+        self.inflight: _InFlight | None = None
+        self.dt = self.started = self.next_tick = 0.0
+
+    def warm_start(self) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+        """Resets the session and awaits the first chunk (or the first failure) with the robot at
+        rest, then starts the clock; returns the observation the first request was sent with."""
+        runner = self.runner
+        runner._learn_metadata()
+        try:
+            runner.client.reset(self.session)
+        except PolicyError as exc:
+            self.stats.request_failures.append(RunnerEvent(0, _reason(exc), str(exc)))
+        images, state = runner.robot.observe()
+        first = self._send(0, images, state)
+        self._land(first, first.future.result(), 0)
+        self.dt = 1.0 / runner._rate()
+        self.started = self.next_tick = self.clock.now()
+        if self.last_failure is not None:
+            self.retry_at = self.started + runner.retry_interval_s
+        return images, state
+
+    def step(self, step: int, images: NDArray[np.uint8], state: NDArray[np.float32]) -> None:
+        """One control period: take a reply that arrived, ask for more if the plan runs short,
+        act, and wait for the next tick."""
+        now = self.clock.now()
+        self._receive(step, now)
+        self._request(step, now, images, state)
+        self.runner.robot.act(self._action(step, state))
+        self.stats.steps += 1
+        self._wait_for_tick()
+
+    def finish(self) -> None:
+        self.stats.elapsed_s = self.clock.now() - self.started
+        self.stats.target_rate_hz = 1.0 / self.dt
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+
+    # Requests -----------------------------------------------------------------------------------
+
+    def _call(self, images: NDArray[np.uint8], state: NDArray[np.float32], index: int) -> _Reply:
+        """The request itself, on the executor's thread: every failure becomes a reply with a reason."""
+        started = time.perf_counter()
+        try:
+            chunk = self.runner.client.infer(self.session, self.instruction, images, state, frame_index=index)
+            return _Reply(chunk, None, "", time.perf_counter() - started)
+        except PolicyTimeout as exc:
+            return _Reply(None, "timeout", str(exc), time.perf_counter() - started)
+        except PolicyUnavailable as exc:
+            return _Reply(None, "unavailable", str(exc), time.perf_counter() - started)
+        except Exception as exc:  # noqa: BLE001 - a robot holds still rather than crash on any failure
+            detail = str(exc) if isinstance(exc, PolicyError) else f"{type(exc).__name__}: {exc}"
+            return _Reply(None, "error", detail, time.perf_counter() - started)
+
+    def _send(self, step: int, images: NDArray[np.uint8], state: NDArray[np.float32]) -> _InFlight:
+        """Sends the observation at `step` with the frames the server has not confirmed yet."""
+        index = step // self.runner._stride()
+        self.video[index] = images
+        pending = sorted(i for i in self.video if i > self.acked)[-self.runner._frames_kept() :]
+        batch = np.stack([self.video[i] for i in pending])  # [T, views, H, W, 3], the current frame last
+        self.stats.requests += 1
+        self.stats.request_steps.append(step)
+        future = self.executor.submit(self._call, batch, state.copy(), index)
+        return _InFlight(future, step, self.clock.now(), index)
+
+    def _land(self, flight: _InFlight, reply: _Reply, next_step: int) -> None:
+        """Merges a reply's chunk into the plan, or records its failure and when to retry."""
+        runner, stats = self.runner, self.stats
+        if reply.chunk is None:
+            assert reply.reason is not None
+            self.last_failure = RunnerEvent(next_step, reply.reason, reply.detail)
+            stats.request_failures.append(self.last_failure)
+            self.retry_at = flight.sent_at + reply.latency_s + runner.retry_interval_s
+            log.warning("session %s step %d: request failed (%s)", self.session, next_step, reply.detail)
+            return
+        chunk = reply.chunk
+        self.last_failure = None
+        self.acked = max(self.acked, flight.frame_index)
+        for old in [i for i in self.video if i <= self.acked]:
+            del self.video[old]
+        stats.chunks += 1
+        stats.latencies_s.append(chunk.latency_s)
+        if chunk.policy_version and chunk.policy_version not in stats.policy_versions:
+            stats.policy_versions.append(chunk.policy_version)
+        if runner.metadata is None or runner.metadata.policy_version != chunk.policy_version:
+            runner._learn_metadata()
+        self.chunk_seq += 1
+        runner._merge(self.plan, chunk.actions, flight.obs_step, next_step, self.chunk_seq)
+
+    def _arrived(self, flight: _InFlight, now: float, wait: bool) -> _Reply | None:
+        if not wait and not flight.future.done():
+            return None
+        reply = flight.future.result()
+        if not self.runner.realtime and flight.sent_at + reply.latency_s > now:
+            return None  # simulated: not here yet at this step
+        return reply
+
+    # One control step ---------------------------------------------------------------------------
+
+    def _receive(self, step: int, now: float) -> None:
+        """Lands the request in flight if its reply is here (on a simulated clock: by now)."""
+        if self.inflight is None:
+            return
+        reply = self._arrived(self.inflight, now, wait=not self.runner.realtime)
+        if reply is not None:
+            self._land(self.inflight, reply, step)
+            self.inflight = None
+
+    def _request(self, step: int, now: float, images: NDArray[np.uint8], state: NDArray[np.float32]) -> None:
+        """Keeps the frame if it is on the video lattice, and sends it when the plan runs short,
+        nothing is in flight and no retry is pending."""
+        runner = self.runner
+        on_lattice = step % runner._stride() == 0
+        if on_lattice:
+            self.video[step // runner._stride()] = images
+        queued = sum(1 for s in self.plan if s >= step)
+        if self.inflight is None and on_lattice and queued < runner._threshold() and now >= self.retry_at:
+            self.inflight = self._send(step, images, state)
+
+    def _action(self, step: int, state: NDArray[np.float32]) -> NDArray[np.float32]:
+        """The plan's action for `step`; a safe action, reported with why, when there is none or
+        it is not finite."""
+        action = self.runner._pop(self.plan, step)
+        event = None
+        if action is None and self.last_failure is not None:
+            event = RunnerEvent(step, self.last_failure.reason, self.last_failure.detail)
+        elif action is None:
+            event = RunnerEvent(step, "empty_queue", "no action planned for this step")
+        elif not np.all(np.isfinite(action)):
+            event = RunnerEvent(step, "error", "the policy proposed a non-finite action")
+        if event is not None:
+            action = self.runner._safe(state)
+            self.stats.safe_actions += 1
+            self.stats.events.append(event)
+        assert action is not None
+        return action
+
+    def _wait_for_tick(self) -> None:
+        self.next_tick += self.dt
+        if self.runner.realtime and self.clock.now() > self.next_tick:
+            self.stats.overruns += 1
+            self.next_tick = self.clock.now()  # late: do not rush to catch up
+        self.clock.sleep_until(self.next_tick)
 
 
 def _reason(exc: PolicyError) -> Reason:

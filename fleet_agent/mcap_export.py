@@ -37,7 +37,8 @@ from mcap.well_known import MessageEncoding, SchemaEncoding
 from mcap.writer import CompressionType, Writer
 from numpy.typing import NDArray
 
-from wamfleet.fleet_agent.episode_io import BundleError, EpisodeReader, Image
+from wamfleet.fleet_agent.episode_format import BundleError, Image
+from wamfleet.fleet_agent.episode_reader import EpisodeReader
 from wamfleet.platform.contracts.episode import EpisodeManifest, video_file
 
 LIBRARY = "wamfleet-mcap-export/1"

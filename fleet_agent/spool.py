@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wamfleet.fleet_agent.episode_io import EpisodeWriter
+from wamfleet.fleet_agent.episode_writer import EpisodeWriter
 from wamfleet.platform.contracts.episode import MANIFEST_FILE, EpisodeManifest, Outcome
 from wamfleet.platform.contracts.ids import new_episode_id
 

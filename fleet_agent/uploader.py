@@ -25,7 +25,7 @@ from wamfleet.fleet_agent.client import (
     UrlExpired,
 )
 from wamfleet.fleet_agent.config import AgentSettings
-from wamfleet.fleet_agent.episode_io import BundleError, load_manifest
+from wamfleet.fleet_agent.episode_format import BundleError, load_manifest
 from wamfleet.fleet_agent.spool import Spool
 from wamfleet.platform.contracts.checksums import sha256_file
 from wamfleet.platform.contracts.ingest import UploadTarget

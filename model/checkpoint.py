@@ -13,13 +13,9 @@ one, and the sha256 is checked on load, so a corrupt or swapped weights file fai
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from wamfleet.model.artifacts import NEW_PARAMETER_PREFIXES, atomic_directory, file_sha256, has_lora
 from wamfleet.model.config import WAMConfig
 from wamfleet.model.transformer import RotaryEmbedding, WorldActionModel
 
@@ -39,44 +36,9 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 EMBODIMENTS_FILE = "embodiments.json"
 MANIFEST_FILE = "checkpoint.json"
-# Parameters that exist only in the World Action Model (never in Wan weights).
-NEW_PARAMETER_PREFIXES = ("action_pos", "action_encoders.", "state_encoders.", "action_decoders.")
 
 
 # Files ---------------------------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@contextmanager
-def atomic_directory(directory: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yields a temporary sibling directory to fill; on success it replaces `directory`.
-
-    An existing directory is moved aside first and deleted after, so readers see either the
-    old complete directory or the new one (or, for an instant, none), never a partial one.
-    """
-    target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        yield tmp
-        tmp.chmod(0o755)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            target.rename(old / "dir")
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -94,10 +56,6 @@ def _read_json(directory: Path, name: str) -> Any:
 
 
 # Checkpoints ---------------------------------------------------------------------------------
-
-
-def has_lora(model: nn.Module) -> bool:
-    return any(".lora_" in name for name, _ in model.named_parameters())
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, Tensor]:

@@ -20,7 +20,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from wamfleet.model.checkpoint import NEW_PARAMETER_PREFIXES, atomic_directory, file_sha256, has_lora
+from wamfleet.model.artifacts import NEW_PARAMETER_PREFIXES, atomic_directory, file_sha256, has_lora
 from wamfleet.model.transformer import WorldActionModel
 
 # attn1/attn2 q, k, v, out and both FFN linears of every block (regex, full match on module names).

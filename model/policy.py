@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from wamfleet.model.checkpoint import atomic_directory, file_sha256, load_checkpoint, save_checkpoint
+from wamfleet.model.artifacts import atomic_directory, file_sha256
+from wamfleet.model.checkpoint import load_checkpoint, save_checkpoint
 from wamfleet.model.config import WAMConfig
 from wamfleet.model.text import TextEncoder
 from wamfleet.model.transformer import WorldActionModel

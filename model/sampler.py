@@ -25,11 +25,12 @@ from torch import Tensor
 from wamfleet.model.config import WAMConfig
 from wamfleet.model.objective import shift_sigmas
 from wamfleet.model.sequence import (
-    chunk_frame,
+    clean_timesteps,
     clean_tokens,
     cond_tokens,
-    frames_of,
     history_capacity,
+    history_tokens,
+    query_channels,
     query_meta,
     query_timesteps,
     query_tokens,
@@ -154,8 +155,7 @@ class ChunkSampler:
         return self.model.config
 
     def _write(self, cache: KVCache, tokens: Tensor, meta: TokenMeta, cross: CrossContext) -> None:
-        zeros = torch.zeros(tokens.shape[0], tokens.shape[1], device=tokens.device)
-        self.model.run(tokens, zeros, meta, cross, cache=cache, write_cache=True)
+        self.model.run(tokens, clean_timesteps(tokens), meta, cross, cache=cache, write_cache=True)
 
     @torch.no_grad()
     def start(
@@ -210,15 +210,12 @@ class ChunkSampler:
         self, session: Session, cross: CrossContext, query: Tensor, t: Tensor, meta: TokenMeta
     ) -> Tensor:
         """The query's hidden states with the whole history recomputed (no cache): the reference."""
-        parts = [cond_tokens(self.model, session.cond, session.channels)]
-        if session.history:
-            parts.append(clean_tokens(self.model, torch.cat(session.history, dim=2), 1, session.channels))
-        tokens = torch.cat([p[0] for p in parts], dim=1)
-        zeros = torch.zeros(tokens.shape[0], tokens.shape[1], device=tokens.device)
+        clean = torch.cat(session.history, dim=2) if session.history else None
+        tokens, history = history_tokens(self.model, session.cond, clean, session.channels)
         hidden = self.model.run(
             torch.cat([tokens, query], 1),
-            torch.cat([zeros, t], 1),
-            TokenMeta.cat([p[1] for p in parts] + [meta]),
+            torch.cat([clean_timesteps(tokens), t], 1),
+            TokenMeta.cat([history, meta]),
             cross,
         )
         return hidden[:, tokens.shape[1] :]
@@ -270,8 +267,7 @@ class ChunkSampler:
     def _query_channels(self, sessions: list[Session]) -> Tensor | None:
         if sessions[0].channels is None:
             return None
-        fc = self.cfg.latent_frames_per_chunk
-        parts = [frames_of(s.channels, chunk_frame(self.cfg, s.chunks_done + 1), fc) for s in sessions]
+        parts = [query_channels(self.cfg, s.channels, s.chunks_done + 1) for s in sessions]
         return torch.cat([p for p in parts if p is not None])
 
     @torch.no_grad()

@@ -46,6 +46,11 @@ def frames_of(channels: Tensor | None, first: int, count: int) -> Tensor | None:
     return channels[:, :, first : first + count]
 
 
+def query_channels(cfg: WAMConfig, channels: Tensor | None, chunk: int) -> Tensor | None:
+    """The I2V channels of chunk `chunk`'s latent frames (what its noisy query is patchified with)."""
+    return frames_of(channels, chunk_frame(cfg, chunk), cfg.latent_frames_per_chunk)
+
+
 def query_length(cfg: WAMConfig) -> int:
     return cfg.latent_frames_per_chunk * cfg.tokens_per_latent_frame + cfg.actions_per_chunk + 1
 
@@ -69,6 +74,22 @@ def clean_tokens(
     per_frame = torch.arange(first_chunk, first_chunk + n).repeat_interleave(fc)
     first = chunk_frame(model.config, first_chunk)
     return model.video_tokens(latents, first, Kind.CLEAN, per_frame, frames_of(channels, first, n * fc))
+
+
+def history_tokens(
+    model: WorldActionModel, cond: Tensor, clean: Tensor | None, channels: Tensor | None
+) -> tuple[Tensor, TokenMeta]:
+    """What a query attends to when nothing is cached: the conditioning frame, then clean chunks
+    1, 2, ... from their latents (B, C, n * Fc, h, w) (none before the first chunk ran)."""
+    parts = [cond_tokens(model, cond, channels)]
+    if clean is not None:
+        parts.append(clean_tokens(model, clean, 1, channels))
+    return torch.cat([p[0] for p in parts], dim=1), TokenMeta.cat([p[1] for p in parts])
+
+
+def clean_timesteps(tokens: Tensor) -> Tensor:
+    """(B, L) DiT timesteps of history tokens (B, L, D): all 0, they are clean."""
+    return torch.zeros(tokens.shape[0], tokens.shape[1], device=tokens.device)
 
 
 def query_meta(cfg: WAMConfig, chunk: int) -> TokenMeta:
@@ -145,33 +166,22 @@ def teacher_forced_velocity(
     cfg = model.config
     k = noisy_actions.shape[1]
     fc = cfg.latent_frames_per_chunk
-    parts = [cond_tokens(model, cond, channels), clean_tokens(model, video, 1, channels)]
-    history = sum(p[0].shape[1] for p in parts)
-    zero = torch.zeros(cond.shape[0], history, device=cond.device)
-    times = [zero]
+    history, history_meta = history_tokens(model, cond, video, channels)
+    tokens, metas, times = [history], [history_meta], [clean_timesteps(history)]
     for c in range(1, k + 1):
-        frames = slice((c - 1) * fc, c * fc)
-        first = chunk_frame(cfg, c)
-        tokens = query_tokens(
+        query = query_tokens(
             model,
-            noisy_video[:, :, frames],
+            noisy_video[:, :, (c - 1) * fc : c * fc],
             noisy_actions[:, c - 1],
             state_token(model, states[:, c - 1], state_mask, embodiments),
             action_mask,
             embodiments,
-            frames_of(channels, first, fc),
+            query_channels(cfg, channels, c),
         )
-        meta = model._to_device(query_meta(cfg, c), tokens.device)
-        parts.append((tokens, meta))
-        times.append(query_timesteps(sigmas[:, c - 1], tokens.shape[1]))
-    hidden = model.run(
-        torch.cat([p[0] for p in parts], dim=1),
-        torch.cat(times, dim=1),
-        TokenMeta.cat([p[1] for p in parts]),
-        cross,
-    )
-    q = query_length(cfg)
-    outs = [
-        split_query(model, hidden[:, history + i * q : history + (i + 1) * q], embodiments) for i in range(k)
-    ]
+        tokens.append(query)
+        metas.append(model._to_device(query_meta(cfg, c), query.device))
+        times.append(query_timesteps(sigmas[:, c - 1], query.shape[1]))
+    hidden = model.run(torch.cat(tokens, dim=1), torch.cat(times, dim=1), TokenMeta.cat(metas), cross)
+    n, q = history.shape[1], query_length(cfg)
+    outs = [split_query(model, hidden[:, n + i * q : n + (i + 1) * q], embodiments) for i in range(k)]
     return torch.cat([o[0] for o in outs], dim=2), torch.stack([o[1] for o in outs], dim=1)

@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
-from wamfleet.fleet_agent.episode_io import BundleError, EpisodeReader
+from wamfleet.fleet_agent.episode_format import BundleError
+from wamfleet.fleet_agent.episode_reader import EpisodeReader
 from wamfleet.platform.contracts.curation import CurationRecipe, DropReason
 from wamfleet.platform.contracts.dataset import SnapshotEpisode
 from wamfleet.platform.contracts.episode import DATA_FILE, video_file

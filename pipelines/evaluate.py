@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, Field
 
-from wamfleet.model.checkpoint import file_sha256
+from wamfleet.model.artifacts import file_sha256
 from wamfleet.model.policy import CODEC_FILE, LoadedPolicy, load_policy
 from wamfleet.model.sampler import ChunkSampler
 from wamfleet.pipelines.shards import ShardData, ShardIndex, fetch_shards
@@ -112,8 +112,8 @@ def closed_loop_scores(
 ) -> PolicyScores:
     """Success on held-out layouts of the trained tasks, and on tasks never trained on."""
     from wamfleet.fleet_agent.sim.drive import evaluate_closed_loop
+    from wamfleet.pipelines.engine_client import EnginePolicyClient
     from wamfleet.serving.engine import PolicyEngine
-    from wamfleet.serving.local_client import EnginePolicyClient
 
     scores = PolicyScores(version=version)
     engine = PolicyEngine(policy, version=version, seed=seed)

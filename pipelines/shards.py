@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +30,7 @@ from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from wamfleet.fleet_agent.episode_io import EpisodeReader
+from wamfleet.fleet_agent.episode_reader import EpisodeReader
 from wamfleet.model.config import WAMConfig
 from wamfleet.model.normalize import QuantileNormalizer, dim_mask
 from wamfleet.model.objective import WAMBatch
@@ -187,6 +188,122 @@ def _write_shard(windows: list[WindowSample], tasks: list[str], embodiments: lis
     save_file(tensors, str(path))
 
 
+@contextmanager
+def _open_bundles(
+    store: ObjectStore, dataset: CuratedDataset, root: Path, on_episode: Callable[[int, int], None] | None
+) -> Iterator[dict[str, EpisodeReader]]:
+    """Downloads every episode's bundle under `root` (the first half of the progress) and keeps
+    its reader open while the shards are built."""
+    readers: dict[str, EpisodeReader] = {}
+    total = len(dataset.episodes)
+    try:
+        for i, episode in enumerate(dataset.episodes):
+            directory = root / "bundles" / episode.episode_id
+            download_bundle(store, episode.robot_id, episode.episode_id, directory)
+            readers[episode.episode_id] = EpisodeReader(directory, verify=False)
+            if on_episode is not None:
+                on_episode(i + 1, 2 * total)
+        yield readers
+    finally:
+        for reader in readers.values():
+            reader.close()
+
+
+def _codebook(
+    dataset: CuratedDataset,
+    specs: dict[str, EmbodimentSpec],
+    readers: dict[str, EpisodeReader],
+    parent_dir: Path | None,
+    preset: str,
+) -> _Codebook:
+    """The parent policy's codec and statistics, or fresh ones fitted on the training episodes."""
+    if parent_dir is not None:
+        return _from_parent(parent_dir, specs)
+    return _fresh(preset, specs, readers, [e for e in dataset.episodes if e.split == "train"])
+
+
+def _save_codec(codec: VideoCodec, root: Path) -> str:
+    """Writes the codec's weights; their sha256 names the shards (same data, same codec: reused)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in codec.state_dict().items()}
+    save_file(state, str(root / CODEC_FILE))
+    return sha256_file(root / CODEC_FILE)
+
+
+@dataclass
+class _ShardWriter:
+    """Collects each split's windows and writes them out as a shard file once enough are pending."""
+
+    root: Path
+    tasks: list[str]
+    embodiments: list[str]
+    windows_per_shard: int
+    files: list[ShardFile] = field(default_factory=list)
+    pending: dict[Split, list[WindowSample]] = field(default_factory=lambda: {"train": [], "holdout": []})
+
+    def add(self, split: Split, windows: list[WindowSample]) -> None:
+        self.pending[split].extend(windows)
+        if len(self.pending[split]) >= self.windows_per_shard:
+            self.flush(split)
+
+    def flush(self, split: Split) -> None:
+        if not self.pending[split]:
+            return
+        name = f"{split}-{sum(f.split == split for f in self.files):05d}.safetensors"
+        _write_shard(self.pending[split], self.tasks, self.embodiments, self.root / name)
+        self.files.append(
+            ShardFile(
+                name=name, split=split, windows=len(self.pending[split]), sha256=sha256_file(self.root / name)
+            )
+        )
+        self.pending[split] = []
+
+
+def _encode_episodes(
+    dataset: CuratedDataset,
+    readers: dict[str, EpisodeReader],
+    book: _Codebook,
+    shards: _ShardWriter,
+    on_episode: Callable[[int, int], None] | None,
+) -> dict[str, str]:
+    """Every episode's training windows into the shards (the second half of the progress);
+    returns the episodes that gave none, with why."""
+    skipped: dict[str, str] = {}
+    total = len(dataset.episodes)
+    for i, episode in enumerate(dataset.episodes):
+        reader = readers[episode.episode_id]
+        missing = [c for c in book.cfg.cameras if c not in reader.cameras]
+        if missing:
+            skipped[episode.episode_id] = f"cameras {missing} missing"
+            continue
+        state_norm, action_norm = book.norms[episode.embodiment]
+        windows = episode_windows(
+            reader, book.codec, book.cfg, episode.embodiment, state_norm, action_norm,
+            start=episode.start, stop=episode.stop,
+            failed_episodes=dataset.recipe.failed_episodes,
+        )  # fmt: skip
+        if not windows:
+            skipped[episode.episode_id] = "shorter than one training window"
+        shards.add(episode.split, windows)
+        if on_episode is not None:
+            on_episode(total + i + 1, 2 * total)
+    shards.flush("train")
+    shards.flush("holdout")
+    return skipped
+
+
+def _save_text(cfg: WAMConfig, tasks: list[str], root: Path) -> None:
+    """One embedding per instruction, so fine-tuning needs no text encoder."""
+    emb, mask = TextEncoder(cfg.text).encode(tasks)
+    save_file({"embedding": emb.contiguous(), "mask": mask.contiguous()}, str(root / TEXT_FILE))
+
+
+def _publish(store: ObjectStore, index: ShardIndex, root: Path) -> None:
+    """Uploads codec, text and shard files, then the index last: the commit marker."""
+    for name in [CODEC_FILE, TEXT_FILE, *(f.name for f in index.files)]:
+        store.put_file(index.prefix + name, root / name)
+    store.put_bytes(index.key, index.model_dump_json(indent=1).encode())
+
+
 def build_shards(
     catalog: Catalog,
     store: ObjectStore,
@@ -205,78 +322,23 @@ def build_shards(
         raise ShardError(f"dataset {dataset.dataset_hash}: curation kept no episode")
     torch.manual_seed(seed)
     specs = _specs(catalog, dataset, embodiment_versions)
-    train = [e for e in dataset.episodes if e.split == "train"]
+    tasks, names = sorted({e.task for e in dataset.episodes}), sorted(specs)
     with tempfile.TemporaryDirectory(prefix="wamfleet-shards-") as tmp:
         root = Path(tmp)
-        readers: dict[str, EpisodeReader] = {}
-        try:
-            for i, episode in enumerate(dataset.episodes):
-                directory = root / "bundles" / episode.episode_id
-                download_bundle(store, episode.robot_id, episode.episode_id, directory)
-                readers[episode.episode_id] = EpisodeReader(directory, verify=False)
-                if on_episode is not None:
-                    on_episode(i + 1, 2 * len(dataset.episodes))
-            book = (
-                _from_parent(parent_dir, specs)
-                if parent_dir is not None
-                else _fresh(preset, specs, readers, train)
-            )
-            codec_state = {k: v.detach().cpu().contiguous() for k, v in book.codec.state_dict().items()}
-            save_file(codec_state, str(root / CODEC_FILE))
-            codec_sha = sha256_file(root / CODEC_FILE)
+        with _open_bundles(store, dataset, root, on_episode) as readers:
+            book = _codebook(dataset, specs, readers, parent_dir, preset)
+            codec_sha = _save_codec(book.codec, root)
             prefix = shards_prefix(dataset, codec_sha)
             if store.exists(prefix + INDEX_FILE):
                 return ShardIndex.model_validate_json(store.get_bytes(prefix + INDEX_FILE))
-            tasks = sorted({e.task for e in dataset.episodes})
-            names = sorted(specs)
-            files: list[ShardFile] = []
-            skipped: dict[str, str] = {}
-            pending: dict[Split, list[WindowSample]] = {"train": [], "holdout": []}
-
-            def flush(split: Split) -> None:
-                if not pending[split]:
-                    return
-                name = f"{split}-{sum(f.split == split for f in files):05d}.safetensors"
-                _write_shard(pending[split], tasks, names, root / name)
-                files.append(
-                    ShardFile(
-                        name=name, split=split, windows=len(pending[split]), sha256=sha256_file(root / name)
-                    )
-                )
-                pending[split] = []
-
-            for i, episode in enumerate(dataset.episodes):
-                reader = readers[episode.episode_id]
-                missing = [c for c in book.cfg.cameras if c not in reader.cameras]
-                if missing:
-                    skipped[episode.episode_id] = f"cameras {missing} missing"
-                    continue
-                state_norm, action_norm = book.norms[episode.embodiment]
-                windows = episode_windows(
-                    reader, book.codec, book.cfg, episode.embodiment, state_norm, action_norm,
-                    start=episode.start, stop=episode.stop,
-                    failed_episodes=dataset.recipe.failed_episodes,
-                )  # fmt: skip
-                if not windows:
-                    skipped[episode.episode_id] = "shorter than one training window"
-                pending[episode.split].extend(windows)
-                if len(pending[episode.split]) >= windows_per_shard:
-                    flush(episode.split)
-                if on_episode is not None:
-                    on_episode(len(dataset.episodes) + i + 1, 2 * len(dataset.episodes))
-            flush("train")
-            flush("holdout")
-        finally:
-            for reader in readers.values():
-                reader.close()
-        if not any(f.split == "train" for f in files):
+            shards = _ShardWriter(root, tasks, names, windows_per_shard)
+            skipped = _encode_episodes(dataset, readers, book, shards, on_episode)
+        if not any(f.split == "train" for f in shards.files):
             raise ShardError(
                 f"dataset {dataset.dataset_hash}: no training window "
                 f"({book.cfg.context_chunks} chunks of {book.cfg.actions_per_chunk} steps) fits any episode"
             )
-        text = TextEncoder(book.cfg.text)
-        emb, mask = text.encode(tasks)
-        save_file({"embedding": emb.contiguous(), "mask": mask.contiguous()}, str(root / TEXT_FILE))
+        _save_text(book.cfg, tasks, root)
         index = ShardIndex(
             prefix=prefix,
             dataset_hash=dataset.dataset_hash,
@@ -286,12 +348,10 @@ def build_shards(
             parent=parent,
             embodiments={n: embodiment_entry(specs[n], *book.norms[n]) for n in names},
             tasks=tasks,
-            files=files,
+            files=shards.files,
             skipped=skipped,
         )
-        for name in [CODEC_FILE, TEXT_FILE, *(f.name for f in files)]:
-            store.put_file(prefix + name, root / name)
-        store.put_bytes(index.key, index.model_dump_json(indent=1).encode())  # last: the commit marker
+        _publish(store, index, root)
         return index
 
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from wamfleet.fleet_agent.episode_io import EpisodeReader
+from wamfleet.fleet_agent.episode_reader import EpisodeReader
 from wamfleet.model.config import WAMConfig
 from wamfleet.model.normalize import QuantileNormalizer
 from wamfleet.model.policy import save_policy

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wamfleet.fleet_agent.episode_io import BundleError, EpisodeReader
+from wamfleet.fleet_agent.episode_format import BundleError
+from wamfleet.fleet_agent.episode_reader import EpisodeReader
 from wamfleet.platform.catalog.datasets import record_validation, validations
 from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.catalog.queries import manifest_digest

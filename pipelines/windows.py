@@ -20,7 +20,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from wamfleet.fleet_agent.episode_io import EpisodeReader
+from wamfleet.fleet_agent.episode_reader import EpisodeReader
 from wamfleet.model.config import WAMConfig
 from wamfleet.model.normalize import QuantileNormalizer, dim_mask, pad_last
 from wamfleet.model.objective import WAMBatch

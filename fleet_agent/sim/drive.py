@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from wamfleet.fleet_agent.chunk_runner import ActionChunkRunner, EpisodeRunStats, Merge, RunFigures
-from wamfleet.fleet_agent.episode_io import EpisodeWriter
+from wamfleet.fleet_agent.episode_writer import EpisodeWriter
 from wamfleet.fleet_agent.policy_client import PolicyClient, PolicyError, open_policy_client
 from wamfleet.fleet_agent.sim.fleet import eval_layout_seed, layout_seed
 from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot, StepResult

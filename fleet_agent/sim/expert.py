@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wamfleet.fleet_agent.episode_io import EpisodeWriter
+from wamfleet.fleet_agent.episode_writer import EpisodeWriter
 from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot
 from wamfleet.fleet_agent.sim.tasks import instruction_for
 from wamfleet.platform.contracts.episode import EpisodeManifest, EpisodeSource, Outcome

@@ -51,6 +51,7 @@ from wamfleet.platform.contracts.ingest import EpisodePage
 from wamfleet.platform.contracts.limits import TIME_NOTE, Text, UtcDatetime
 from wamfleet.platform.contracts.retrain import RetrainRunInfo
 from wamfleet.platform.contracts.rollout import ACTIVE_STAGES
+from wamfleet.platform.rollouts.evidence import gather_evidence
 from wamfleet.platform.storage.base import ObjectNotFound, StorageError
 from wamfleet.platform.storage.bundles import BundleIntegrityError, download_bundle
 
@@ -180,7 +181,7 @@ _MCAP_READ["responses"] = {
 def episode_mcap(episode_id: uuid.UUID, _: Viewer, state: State, cleanup: BackgroundTasks) -> FileResponse:
     """The episode as an MCAP file Foxglove opens (`wamfleet data export-mcap`'s output): cameras
     as the bundle's H.264 repackaged without decoding where it can be, else JPEG."""
-    from wamfleet.fleet_agent.episode_io import BundleError
+    from wamfleet.fleet_agent.episode_format import BundleError
     from wamfleet.fleet_agent.mcap_export import export_mcap
 
     with state.catalog.session() as s:
@@ -275,12 +276,13 @@ def rollouts(_: Viewer, state: State, limit: Annotated[int, Query(ge=1, le=200)]
     """Newest first; an active rollout also carries the evidence its gates see right now."""
     controller = state.rollouts
     at = queries.now()
+    model = controller.model_name
     with controller.catalog.session() as s:
         rows = s.scalars(select(Rollout).order_by(Rollout.created_at.desc()).limit(limit))
         return [
             RolloutView(
                 rollout=controller.info(s, row),
-                evidence=controller.evidence(s, row, at) if row.stage in ACTIVE_STAGES else None,
+                evidence=gather_evidence(s, row, model, at) if row.stage in ACTIVE_STAGES else None,
             )
             for row in rows
         ]

@@ -23,6 +23,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from wamfleet.platform.contracts.rollout import Action, Stage
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes on every database (SQLite drops the zone; PostgreSQL keeps it)."""
@@ -218,7 +220,8 @@ class Rollout(Base):
     model_name: Mapped[str] = mapped_column(String(200))
     candidate_version: Mapped[str] = mapped_column(String(64))
     champion_version: Mapped[str | None] = mapped_column(String(64))
-    stage: Mapped[str] = mapped_column(String(16), index=True)
+    # Literal-typed for the type checker, plain VARCHAR in the database (as migrated).
+    stage: Mapped[Stage] = mapped_column(String(16), index=True)
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
     awaiting_approval: Mapped[bool] = mapped_column(Boolean, default=False)
     config: Mapped[dict[str, Any]]
@@ -237,9 +240,9 @@ class RolloutDecision(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.rollout_id", ondelete="CASCADE"), index=True)
     at: Mapped[datetime]
-    action: Mapped[str] = mapped_column(String(16))
-    from_stage: Mapped[str] = mapped_column(String(16))
-    to_stage: Mapped[str] = mapped_column(String(16))
+    action: Mapped[Action] = mapped_column(String(16))
+    from_stage: Mapped[Stage] = mapped_column(String(16))
+    to_stage: Mapped[Stage] = mapped_column(String(16))
     reason: Mapped[str] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(String(80))
     evidence: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -267,5 +270,5 @@ class RobotAssignment(Base):
     version: Mapped[str | None] = mapped_column(String(64))
     rollout_id: Mapped[str | None] = mapped_column(String(36))
     cohort: Mapped[str | None] = mapped_column(String(16))
-    stage: Mapped[str | None] = mapped_column(String(16))
+    stage: Mapped[Stage | None] = mapped_column(String(16))
     assigned_at: Mapped[datetime]

@@ -12,7 +12,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from wamfleet.pipelines.lerobot_v3 import LeRobotFormatError, export_lerobot, import_lerobot
+from wamfleet.pipelines.lerobot_export import export_lerobot
+from wamfleet.pipelines.lerobot_import import import_lerobot
+from wamfleet.pipelines.lerobot_v3 import LeRobotFormatError
 from wamfleet.platform.cli.common import fail, load_settings
 from wamfleet.platform.contracts.episode import MANIFEST_FILE, EpisodeManifest
 from wamfleet.platform.storage import ObjectNotFound, ObjectStore, StorageError, open_object_store
@@ -130,7 +132,7 @@ def export_mcap_cmd(
     force: Annotated[bool, typer.Option(help="Overwrite OUT if it exists.")] = False,
 ) -> None:
     """Write one episode as an MCAP file: cameras as video or images, state and actions as joint states."""
-    from wamfleet.fleet_agent.episode_io import BundleError
+    from wamfleet.fleet_agent.episode_format import BundleError
     from wamfleet.fleet_agent.mcap_export import IMAGE_FORMATS, export_mcap
 
     fmt = next((f for f in IMAGE_FORMATS if f == images), None)

@@ -57,5 +57,5 @@ def version() -> None:
     typer.echo(f"wamfleet {package_version('wamfleet')} (Python {std_platform.python_version()})")
 
 
-if __name__ == "__main__":
-    app()
+if __name__ == "__main__":  # the older spelling, kept for scripts that use it: see platform/entrypoint.py
+    app(prog_name="wamfleet")

@@ -12,7 +12,6 @@ import logging
 import os
 import socket
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,10 @@ from typing import Any, Literal, Protocol
 from wamfleet.platform.catalog import retrains
 from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.contracts.retrain import RetrainRunInfo, RetrainStatus
+from wamfleet.platform.entrypoint import WAMFLEET_CLI
 from wamfleet.platform.settings import Settings, runner_env
 
 log = logging.getLogger(__name__)
-DEFAULT_COMMAND = (sys.executable, "-m", "wamfleet.platform.cli.main")
 LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 8192
 
@@ -120,7 +119,7 @@ class LocalLauncher(_CatalogUser):
         self, settings: Settings, catalog: Catalog | None = None, *, command: list[str] | None = None
     ) -> None:
         super().__init__(settings, catalog)
-        self.command = list(command) if command is not None else list(DEFAULT_COMMAND)
+        self.command = list(command) if command is not None else list(WAMFLEET_CLI)
         self.logs_dir = settings.data_dir.resolve() / "retrains"
         self._running: dict[int, _Local] = {}
         self._orphans: dict[int, str] | None = None  # pid -> run id, from an earlier platform process

@@ -1,11 +1,11 @@
-"""The rollout controller: assignments, evidence, decisions, and their effects.
+"""The rollout controller: assignments, decisions, and their effects.
 
 All state lives in the catalog (the rollout row and its decisions), so a restarted platform
 resumes every rollout in the stage it was in. `tick` runs on the platform's background loop:
-it makes sure the champion and the candidate are served, gathers the evidence the robots
-reported (their autonomous episodes' outcomes and policy tags since the stage began), asks the
-pure state machine (`stages.decide`) and applies the decision: stage, MLflow aliases, endpoints,
-and a decision record with its evidence (also in the audit log).
+it makes sure the champion and the candidate are served, takes the evidence `evidence.py`
+gathers from what the robots reported, asks the pure state machine (`stages.decide`) and
+applies the decision: stage, MLflow aliases, endpoints, and a decision record with its
+evidence (also in the audit log).
 """
 
 from __future__ import annotations
@@ -15,46 +15,30 @@ import threading
 from datetime import datetime
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.catalog.queries import audit, now
-from wamfleet.platform.catalog.tables import (
-    Episode,
-    EpisodeTag,
-    Robot,
-    RobotAssignment,
-    Rollout,
-    RolloutDecision,
-)
+from wamfleet.platform.catalog.tables import Robot, RobotAssignment, Rollout, RolloutDecision
 from wamfleet.platform.contracts.ids import new_episode_id
 from wamfleet.platform.contracts.lineage import CANDIDATE, CHAMPION, PREVIOUS
 from wamfleet.platform.contracts.rollout import (
     ACTIVE_STAGES,
     FINAL_STAGES,
-    TAG_ERRORS,
-    TAG_LATENCY_P95_MS,
-    TAG_REQUESTS,
-    TAG_SHADOW_ACTION_MSE,
-    TAG_SHADOW_ERRORS,
-    TAG_SHADOW_LATENCY_P95_MS,
-    TAG_SHADOW_REQUESTS,
-    TAG_SHADOW_VERSION,
-    ArmEvidence,
     Decision,
     Endpoint,
     Evidence,
     PolicyAssignment,
     RolloutConfig,
     RolloutInfo,
-    ShadowEvidence,
     StartRollout,
 )
-from wamfleet.platform.rollouts import cohort, gates, stages
+from wamfleet.platform.rollouts import cohort, stages
 from wamfleet.platform.rollouts.backends.base import ServingBackend
+from wamfleet.platform.rollouts.backends.kserve_manifests import ServingResources
+from wamfleet.platform.rollouts.evidence import gather_evidence, served_version
 from wamfleet.platform.rollouts.registry import AliasRegistry
 from wamfleet.platform.settings import Settings
 
@@ -67,11 +51,6 @@ class RolloutError(ValueError):
     def __init__(self, message: str, status: int = 409) -> None:
         super().__init__(message)
         self.status = status
-
-
-def served_version(model_name: str, version: str) -> str:
-    """What a served version calls itself (robots stamp it on their episodes)."""
-    return f"{model_name}/{version}"
 
 
 class RolloutController:
@@ -114,7 +93,7 @@ class RolloutController:
             model_name=row.model_name,
             candidate_version=row.candidate_version,
             champion_version=row.champion_version,
-            stage=row.stage,  # type: ignore[arg-type]
+            stage=row.stage,
             paused=row.paused,
             awaiting_approval=row.awaiting_approval,
             config=RolloutConfig.model_validate(row.config),
@@ -124,9 +103,9 @@ class RolloutController:
             finished_at=row.finished_at,
             decisions=[
                 Decision(
-                    action=d.action,  # type: ignore[arg-type]
-                    from_stage=d.from_stage,  # type: ignore[arg-type]
-                    to_stage=d.to_stage,  # type: ignore[arg-type]
+                    action=d.action,
+                    from_stage=d.from_stage,
+                    to_stage=d.to_stage,
                     reason=d.reason,
                     actor=d.actor,
                     evidence=Evidence.model_validate(d.evidence) if d.evidence else None,
@@ -219,7 +198,7 @@ class RolloutController:
                     )
                     floor = cohort.canary_floor(config, row.rollout_id, fleet.tuples())
                 arm, shadowed = cohort.assign(
-                    row.stage,  # type: ignore[arg-type]
+                    row.stage,
                     config,
                     row.rollout_id,
                     robot.robot_id,
@@ -238,7 +217,7 @@ class RolloutController:
                     version=served_version(self.model_name, version) if version else None,
                     endpoint=self._endpoint(version),
                     rollout_id=row.rollout_id,
-                    stage=row.stage,  # type: ignore[arg-type]
+                    stage=row.stage,
                     cohort=arm if version else None,
                     shadow=shadow,
                 )
@@ -250,65 +229,6 @@ class RolloutController:
             record.assigned_at = now()
             session.merge(record)
         return answer
-
-    # Evidence ----------------------------------------------------------------------------------
-
-    def evidence(self, session: Session, row: Rollout, at: datetime) -> Evidence:
-        config = RolloutConfig.model_validate(row.config)
-        candidate = served_version(self.model_name, row.candidate_version)
-        champion = served_version(self.model_name, row.champion_version) if row.champion_version else None
-        # The candidate is judged on this stage's episodes; the champion's baseline is everything
-        # it did since the rollout began (in full no in-scope robot runs it any more).
-        episodes = list(
-            session.scalars(
-                select(Episode).where(
-                    Episode.source == "autonomous",
-                    Episode.committed_at >= row.created_at,
-                    Episode.policy_version.in_([v for v in (candidate, champion) if v]),
-                )
-            )
-        )
-        tags: dict[str, dict[str, str]] = {e.episode_id: {} for e in episodes}
-        if episodes:
-            for tag in session.scalars(select(EpisodeTag).where(EpisodeTag.episode_id.in_(list(tags)))):
-                tags[tag.episode_id][tag.key] = tag.value
-        robots = {r.robot_id: r for r in session.scalars(select(Robot))}
-
-        def in_scope(e: Episode) -> bool:
-            robot = robots.get(e.robot_id)
-            return robot is not None and cohort.in_scope(config, robot.site, robot.embodiment_name)
-
-        scoped = [e for e in episodes if in_scope(e)]
-        shadow = ShadowEvidence()
-        mse: list[float] = []
-        shadow_p95: list[float] = []
-        for e in scoped:
-            t = tags[e.episode_id]
-            if t.get(TAG_SHADOW_VERSION) == candidate and e.committed_at >= row.stage_started_at:
-                shadow.episodes += 1
-                shadow.requests += int(t.get(TAG_SHADOW_REQUESTS, "0"))
-                shadow.errors += int(t.get(TAG_SHADOW_ERRORS, "0"))
-                if TAG_SHADOW_ACTION_MSE in t:
-                    mse.append(float(t[TAG_SHADOW_ACTION_MSE]))
-                if TAG_SHADOW_LATENCY_P95_MS in t:
-                    shadow_p95.append(float(t[TAG_SHADOW_LATENCY_P95_MS]))
-        shadow.action_mse = float(np.mean(mse)) if mse else None
-        shadow.latency_p95_ms = float(np.max(shadow_p95)) if shadow_p95 else None
-        this_stage = [e for e in scoped if e.committed_at >= row.stage_started_at]
-        cand = _arm(row.candidate_version, [e for e in this_stage if e.policy_version == candidate], tags)
-        champ = _arm(
-            row.champion_version, [e for e in scoped if champion and e.policy_version == champion], tags
-        )
-        interval = gates.diff_interval(cand, champ, config.confidence) if champ.episodes else None
-        return Evidence(
-            stage=row.stage,  # type: ignore[arg-type]
-            stage_seconds=(at - row.stage_started_at).total_seconds(),
-            candidate=cand,
-            champion=champ,
-            shadow=shadow,
-            success_diff_lower=interval[0] if interval else None,
-            success_diff_upper=interval[1] if interval else None,
-        )
 
     # Decisions ---------------------------------------------------------------------------------
 
@@ -338,7 +258,7 @@ class RolloutController:
             if row is None:
                 return applied
             config = RolloutConfig.model_validate(row.config)
-            evidence = self.evidence(session, row, at)
+            evidence = gather_evidence(session, row, self.model_name, at)
             transition = stages.decide(_state(row), config, evidence, at)
             if not transition.changed:
                 return applied
@@ -354,7 +274,7 @@ class RolloutController:
                 raise RolloutError(f"no rollout {rollout_id!r}", status=404)
             state = _state(row)
             try:
-                decision = stages.manual(action, state, actor=actor)  # type: ignore[arg-type]
+                decision = stages.manual(stages.manual_action(action), state, actor=actor)
             except ValueError as exc:
                 raise RolloutError(str(exc)) from None
             at = now()
@@ -436,27 +356,12 @@ class RolloutController:
 
 def _state(row: Rollout) -> stages.RolloutState:
     return stages.RolloutState(
-        stage=row.stage,  # type: ignore[arg-type]
+        stage=row.stage,
         paused=row.paused,
         awaiting_approval=row.awaiting_approval,
         stage_started_at=row.stage_started_at,
         has_champion=row.champion_version is not None,
     )
-
-
-def _arm(version: str | None, episodes: list[Episode], tags: dict[str, dict[str, str]]) -> ArmEvidence:
-    arm = ArmEvidence(version=version)
-    p95s = []
-    for e in episodes:
-        t = tags[e.episode_id]
-        arm.episodes += 1
-        arm.successes += int(bool(e.success))
-        arm.requests += int(t.get(TAG_REQUESTS, "0"))
-        arm.errors += int(t.get(TAG_ERRORS, "0"))
-        if TAG_LATENCY_P95_MS in t:
-            p95s.append(float(t[TAG_LATENCY_P95_MS]))
-    arm.latency_p95_ms = float(np.percentile(p95s, 95)) if p95s else None
-    return arm
 
 
 class KServeOptions(BaseModel):
@@ -478,8 +383,6 @@ class KServeOptions(BaseModel):
 
     def template_fields(self) -> dict[str, Any]:
         """These options as KServeTemplate / KServeBackend keyword arguments (one mapping for both)."""
-        from wamfleet.platform.rollouts.backends.kserve import ServingResources
-
         return {
             "storage_uri_template": self.storage_uri_template,
             "resources": ServingResources(gpus=self.gpus, cpu=self.cpu, memory=self.memory),

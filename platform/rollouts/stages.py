@@ -165,6 +165,14 @@ def decide(state: RolloutState, config: RolloutConfig, evidence: Evidence, now: 
     return _transition(state, _move(state, to, now), action, gate.reason, evidence)
 
 
+def manual_action(action: str) -> ManualAction:
+    """`action` as a ManualAction, for callers that hold a plain string (ValueError otherwise)."""
+    for known in MANUAL_ACTIONS:
+        if action == known:
+            return known
+    raise ValueError(f"unknown action {action!r}: expected one of {', '.join(MANUAL_ACTIONS)}")
+
+
 def manual(
     action: ManualAction,
     state: RolloutState,
@@ -180,8 +188,7 @@ def manual(
     pause: only while active and not paused. resume: only while paused. abort: any active stage.
     The effect on the state follows from the action alone (`apply_manual`).
     """
-    if action not in MANUAL_ACTIONS:
-        raise ValueError(f"unknown action {action!r}: expected one of {', '.join(MANUAL_ACTIONS)}")
+    action = manual_action(action)  # callers typed loosely (JSON, tests) reach here too
     if not state.active:
         raise ValueError(f"cannot {action}: rollout is {_describe(state)} (final)")
     if action == "approve":

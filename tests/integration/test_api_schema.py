@@ -33,10 +33,13 @@ from schemathesis.checks import (
 
 from tests.conftest import ADMIN, frame_images
 from tests.integration.api_support import settings_for
-from wamfleet.fleet_agent.episode_io import EpisodeWriter
+from wamfleet.fleet_agent.episode_writer import EpisodeWriter
 from wamfleet.platform.api.app import create_app
 from wamfleet.platform.contracts import CameraSpec, EmbodimentSpec, Outcome
 from wamfleet.platform.contracts.retrain import RetrainRunInfo
+
+# fuzzes every operation of the OpenAPI schema: half a minute; `scripts/test.sh --fast` skips it.
+pytestmark = pytest.mark.slow
 
 # Examples per operation and generation mode (positive, negative), by identity. Without a token
 # most routes answer 401 before looking at the request, so fewer suffice there.

@@ -38,7 +38,7 @@ from wamfleet.fleet_agent.bag_import import (
     import_bag,
     load_mapping,
 )
-from wamfleet.fleet_agent.episode_io import EpisodeReader
+from wamfleet.fleet_agent.episode_reader import EpisodeReader
 from wamfleet.fleet_agent.spool import Spool
 from wamfleet.platform.api.app import create_app
 from wamfleet.platform.api.server import serve_in_thread

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import WriteEpisode
-from wamfleet.fleet_agent.episode_io import EpisodeReader
+from wamfleet.fleet_agent.episode_reader import EpisodeReader
 from wamfleet.platform.contracts import EmbodimentSpec
 from wamfleet.platform.storage import LocalObjectStore, ObjectNotFound, ObjectStore, StorageError
 from wamfleet.platform.storage.bundles import (

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from tests.unit.test_curation import episode_id, snapshot_entry, write_blob_episode
-from wamfleet.fleet_agent.episode_io import EpisodeReader, EpisodeWriter
+from wamfleet.fleet_agent.episode_reader import EpisodeReader
+from wamfleet.fleet_agent.episode_writer import EpisodeWriter
 from wamfleet.fleet_agent.sim.expert import record_expert_episode
 from wamfleet.fleet_agent.sim.fleet import layout_seed
 from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot
@@ -32,6 +33,9 @@ from wamfleet.platform.contracts.dataset import DatasetSnapshot, SnapshotQuery
 from wamfleet.platform.settings import Settings
 from wamfleet.platform.storage import LocalObjectStore
 from wamfleet.platform.storage.bundles import upload_bundle
+
+# starts a local Ray cluster; `scripts/test.sh --fast` skips it.
+pytestmark = pytest.mark.slow
 
 RECIPE = CurationRecipe()
 EXPERTS = {"reach-v3": 3, "push-v3": 2}  # task -> episodes, each on its own layout

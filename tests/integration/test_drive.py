@@ -15,9 +15,10 @@ from numpy.typing import NDArray
 from typer.testing import CliRunner
 
 from tests.integration.test_serving import API_KEY
+from tests.support.serve import serve_subprocess
 from tests.unit.serving.policy_support import tiny_policy
 from wamfleet.fleet_agent.chunk_runner import ActionChunkRunner
-from wamfleet.fleet_agent.episode_io import EpisodeReader
+from wamfleet.fleet_agent.episode_reader import EpisodeReader
 from wamfleet.fleet_agent.policy_client import (
     ActionChunk,
     PolicyClient,
@@ -29,7 +30,6 @@ from wamfleet.fleet_agent.policy_client import (
 from wamfleet.fleet_agent.spool import Spool
 from wamfleet.platform.cli.main import app
 from wamfleet.platform.net import free_port
-from wamfleet.serving.launch import serve_subprocess
 
 cli = CliRunner()
 

@@ -15,17 +15,18 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import WriteEpisode, frame_images
-from wamfleet.fleet_agent.episode_io import EpisodeReader, EpisodeWriter
+from wamfleet.fleet_agent.episode_reader import EpisodeReader
+from wamfleet.fleet_agent.episode_writer import EpisodeWriter
+from wamfleet.pipelines.lerobot_export import export_lerobot
+from wamfleet.pipelines.lerobot_import import import_lerobot
 from wamfleet.pipelines.lerobot_v3 import (
     MANIFEST_COLUMN,
     STAT_KEYS,
     LeRobotFormatError,
     aggregate_stats,
-    export_lerobot,
     feature_stats,
     image_sample_indices,
     image_stats,
-    import_lerobot,
 )
 from wamfleet.platform.cli.main import app
 from wamfleet.platform.contracts import EmbodimentSpec, Outcome

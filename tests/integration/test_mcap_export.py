@@ -16,7 +16,7 @@ from mcap.reader import make_reader
 from typer.testing import CliRunner
 
 from tests.conftest import WriteEpisode
-from wamfleet.fleet_agent.episode_io import EpisodeReader
+from wamfleet.fleet_agent.episode_reader import EpisodeReader
 from wamfleet.fleet_agent.mcap_export import (
     ACTION_TOPIC,
     METADATA_NAME,

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from tests.support.openpi_venv import openpi_python, run_client
+from tests.support.serve import serve_subprocess
 from tests.unit.serving.policy_support import tiny_droid_policy
-from wamfleet.serving.launch import serve_subprocess
 
 DROID_CLIENT = """
 import json, sys, time

@@ -13,9 +13,9 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from tests.support.openpi_venv import openpi_python
+from tests.support.serve import serve_subprocess
 from tests.unit.serving.policy_support import tiny_policy
 from wamfleet.platform.contracts.protocol import packb, unpackb
-from wamfleet.serving.launch import serve_subprocess
 
 API_KEY = "robot-fleet-key"
 AUTH = {"Authorization": f"Api-Key {API_KEY}"}

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wamfleet.fleet_agent.episode_io import EpisodeReader
+from wamfleet.fleet_agent.episode_reader import EpisodeReader
 from wamfleet.fleet_agent.sim.expert import record_expert_episode
 from wamfleet.fleet_agent.sim.fleet import FleetMode, SimRobotPlan, layout_seed, plan_fleet, run_sim_fleet
 from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot

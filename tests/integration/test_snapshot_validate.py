@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import WriteEpisode
-from wamfleet.fleet_agent.episode_io import write_manifest
+from wamfleet.fleet_agent.episode_format import write_manifest
 from wamfleet.pipelines.snapshot import SnapshotError, freeze_snapshot, load_snapshot
 from wamfleet.pipelines.validate import load_validation, validate_snapshot
 from wamfleet.platform.catalog.db import Catalog

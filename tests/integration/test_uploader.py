@@ -72,7 +72,7 @@ def test_resume_skips_files_already_received(
     (episode,) = fill(spool, embodiment, 1)
     client = PlatformClient(url, token)
     # A previous run sent one file, then died before journaling it.
-    from wamfleet.fleet_agent.episode_io import load_manifest
+    from wamfleet.fleet_agent.episode_format import load_manifest
 
     directory = spool.dir("ready", episode)
     ticket = client.open_upload(load_manifest(directory))

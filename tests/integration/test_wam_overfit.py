@@ -11,9 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
-from wamfleet.fleet_agent.episode_io import EpisodeReader
+from wamfleet.fleet_agent.episode_reader import EpisodeReader
 from wamfleet.fleet_agent.sim.expert import record_expert_episode
 from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot
 from wamfleet.fleet_agent.sim.sawyer import sawyer_embodiment
@@ -28,6 +29,9 @@ from wamfleet.model.transformer import WorldActionModel
 from wamfleet.model.vae import VideoCodec
 from wamfleet.pipelines.windows import collate, episode_windows
 from wamfleet.serving.engine import InferRequest, PolicyEngine
+
+# trains the WAM to overfit real episodes: most of a minute; `scripts/test.sh --fast` skips it.
+pytestmark = pytest.mark.slow
 
 torch.set_num_threads(1)
 EMBODIMENT = "sawyer-metaworld"

@@ -16,7 +16,6 @@ import selectors
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,15 +28,15 @@ import numpy as np
 from sqlalchemy import create_engine, select
 
 from tests.conftest import frame_images
-from wamfleet.fleet_agent.episode_io import EpisodeWriter
+from wamfleet.fleet_agent.episode_writer import EpisodeWriter
 from wamfleet.fleet_agent.spool import Spool
 from wamfleet.platform.catalog.tables import Episode, UploadSession
 from wamfleet.platform.contracts import CameraSpec, EmbodimentSpec, Outcome
 from wamfleet.platform.contracts.episode import MANIFEST_FILE, EpisodeManifest
 from wamfleet.platform.contracts.ids import new_episode_id
+from wamfleet.platform.entrypoint import WAMFLEET_CLI
 from wamfleet.platform.storage import ObjectNotFound, S3ObjectStore, StorageError
 
-CLI = [sys.executable, "-m", "wamfleet.platform.cli.main"]
 ADMIN_TOKEN = "chaos-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # The agent's token bucket starts full with max(rate / 4, 64 KiB), so every fresh agent sends
@@ -116,7 +115,7 @@ class Platform:
             return False
 
     def _start_once(self, timeout_s: float) -> bool:
-        cmd = [*CLI, "platform", "serve", "--port", str(self.port)]
+        cmd = [*WAMFLEET_CLI, "platform", "serve", "--port", str(self.port)]
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         self.starts += 1
         deadline = time.monotonic() + timeout_s
@@ -400,7 +399,7 @@ class Fleet:
         `kill_after_s=None` it waits up to `end_timeout_s` for the agent to end by itself."""
         ready_before = len(self.ready(robot_id))
         proc = subprocess.Popen(
-            [*CLI, "agent", "run", "--once"],
+            [*WAMFLEET_CLI, "agent", "run", "--once"],
             env=self.env(robot_id),
             stdout=subprocess.PIPE,
             stderr=self.log,
@@ -433,7 +432,10 @@ class Fleet:
         """Seconds from starting `agent run --once` to its "agent ready" line (the CLI's start)."""
         started = time.monotonic()
         proc = subprocess.Popen(
-            [*CLI, "agent", "run", "--once"], env=self.env(robot_id), stdout=subprocess.PIPE, stderr=self.log
+            [*WAMFLEET_CLI, "agent", "run", "--once"],
+            env=self.env(robot_id),
+            stdout=subprocess.PIPE,
+            stderr=self.log,
         )
         try:
             wait_for_line(proc, "agent ready", timeout_s=60.0)
@@ -445,7 +447,7 @@ class Fleet:
 
     def run_to_end(self, robot_id: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*CLI, "agent", "run", "--once"],
+            [*WAMFLEET_CLI, "agent", "run", "--once"],
             env=self.env(robot_id),
             capture_output=True,
             text=True,

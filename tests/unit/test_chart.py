@@ -25,7 +25,7 @@ import yaml
 from tests.unit.test_kserve_backend import FORMATS, _strict
 from tests.unit.test_kserve_backend import errors as inference_service_errors
 from wamfleet.pipelines.pipeline import CONFIG_ENV, PIPELINE_NAME, SECRET_ENV
-from wamfleet.platform.rollouts.backends.kserve import (
+from wamfleet.platform.rollouts.backends.kserve_manifests import (
     KServeTemplate,
     ServingResources,
     plan_apply,

@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from wamfleet.fleet_agent.episode_io import EpisodeReader, EpisodeWriter, load_manifest, write_manifest
+from wamfleet.fleet_agent.episode_format import load_manifest, write_manifest
+from wamfleet.fleet_agent.episode_reader import EpisodeReader
+from wamfleet.fleet_agent.episode_writer import EpisodeWriter
 from wamfleet.pipelines.curate import (
     CurationError,
     assign_splits,

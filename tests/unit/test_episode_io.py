@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import WriteEpisode, frame_images
-from wamfleet.fleet_agent.episode_io import BundleError, EpisodeReader, EpisodeWriter
+from wamfleet.fleet_agent.episode_format import BundleError
+from wamfleet.fleet_agent.episode_reader import EpisodeReader
+from wamfleet.fleet_agent.episode_writer import EpisodeWriter
 from wamfleet.platform.contracts import CameraSpec, EmbodimentSpec
 from wamfleet.platform.contracts.episode import MANIFEST_FILE
 

@@ -591,7 +591,7 @@ def test_platform_image_serves_the_api_on_all_interfaces(
 def test_the_inference_services_the_platform_creates_run_in_the_serving_image(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from wamfleet.platform.rollouts.backends import kserve
+    from wamfleet.platform.rollouts.backends import kserve_manifests as kserve
 
     obj = kserve.render_inference_service(kserve.KServeTemplate(namespace="wamfleet"), "3")
     container = obj["spec"]["predictor"]["containers"][0]

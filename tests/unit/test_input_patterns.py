@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from wamfleet.platform.rollouts.backends.base import check_version
-from wamfleet.platform.rollouts.backends.kserve import label_value
+from wamfleet.platform.rollouts.backends.kserve_manifests import label_value
 from wamfleet.platform.storage.base import InvalidKey, validate_key
 from wamfleet.platform.storage.local import LocalObjectStore
 

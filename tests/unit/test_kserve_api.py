@@ -17,7 +17,8 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from wamfleet.platform.rollouts.backends.base import ServingError
-from wamfleet.platform.rollouts.backends.kserve import GROUP, PLURAL, KServeBackend
+from wamfleet.platform.rollouts.backends.kserve import KServeBackend
+from wamfleet.platform.rollouts.backends.kserve_manifests import GROUP, PLURAL
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from wamfleet.platform.rollouts.backends.base import check_version
-from wamfleet.platform.rollouts.backends.kserve import (
+from wamfleet.platform.rollouts.backends.kserve import KServeBackend
+from wamfleet.platform.rollouts.backends.kserve_manifests import (
     CONTAINER_NAME,
     GPU_TOLERATION,
-    KServeBackend,
     KServeTemplate,
     ServingResources,
     dns1035_name,

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tests.conftest import frame_images
-from wamfleet.fleet_agent.episode_io import EpisodeReader, EpisodeWriter
+from wamfleet.fleet_agent.episode_reader import EpisodeReader
+from wamfleet.fleet_agent.episode_writer import EpisodeWriter
 from wamfleet.model.config import WAMConfig
 from wamfleet.model.objective import WAMBatch, flow_matching_loss
 from wamfleet.model.transformer import WorldActionModel

@@ -36,7 +36,8 @@ def test_stdlib_platform_is_not_shadowed_from_repo_root() -> None:
 
 def test_fleet_agent_does_not_import_heavy_server_libraries() -> None:
     code = (
-        "import sys, wamfleet.fleet_agent.episode_io, wamfleet.fleet_agent.sim.fleet;"
+        "import sys, wamfleet.fleet_agent.episode_writer, wamfleet.fleet_agent.episode_reader;"
+        "import wamfleet.fleet_agent.sim.fleet;"
         "bad = [m for m in ('torch', 'fastapi', 'sqlalchemy') if m in sys.modules]; print(bad)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

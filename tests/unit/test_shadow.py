@@ -12,9 +12,9 @@ from tests.unit.serving.policy_support import tiny_policy
 from wamfleet.fleet_agent.policy_client import PolicyError, _actions, open_policy_client
 from wamfleet.fleet_agent.shadow import ShadowedClient
 from wamfleet.model.policy import load_policy
+from wamfleet.pipelines.engine_client import EnginePolicyClient
 from wamfleet.platform.contracts.rollout import TAG_SHADOW_ACTION_MSE, TAG_SHADOW_ERRORS, TAG_SHADOW_REQUESTS
 from wamfleet.serving.engine import PolicyEngine
-from wamfleet.serving.local_client import EnginePolicyClient
 
 torch.set_num_threads(1)
 

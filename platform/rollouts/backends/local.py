@@ -31,8 +31,9 @@ from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.catalog.queries import audit, now
 from wamfleet.platform.catalog.tables import PolicyEndpoint
 from wamfleet.platform.contracts.rollout import Endpoint
+from wamfleet.platform.entrypoint import WAMFLEET_CLI
 from wamfleet.platform.net import free_port
-from wamfleet.platform.retrains.launcher import DEFAULT_COMMAND, log_tail
+from wamfleet.platform.retrains.launcher import log_tail
 from wamfleet.platform.rollouts.backends.base import (
     BackendName,
     ServingBackend,
@@ -138,7 +139,7 @@ class LocalServingBackend(ServingBackend):
         self.host = host
         self._check_host = "127.0.0.1" if host in _ANY_ADDRESS else host
         self.public_host = public_host or (socket.gethostname() if host in _ANY_ADDRESS else host)
-        self.command = list(command) if command is not None else list(DEFAULT_COMMAND)
+        self.command = list(command) if command is not None else list(WAMFLEET_CLI)
         self.serve_args = list(serve_args)
         self.ready_timeout_s = ready_timeout_s
         self.stop_timeout_s = stop_timeout_s

@@ -20,8 +20,8 @@ from torch import nn
 
 from tests.unit.model.wam_support import synthetic_batch
 from wamfleet.model import checkpoint as checkpoint_module
+from wamfleet.model.artifacts import NEW_PARAMETER_PREFIXES, file_sha256
 from wamfleet.model.checkpoint import (
-    NEW_PARAMETER_PREFIXES,
     LoadedCheckpoint,
     load_checkpoint,
     load_wan_transformer,
@@ -123,7 +123,7 @@ def test_a_weights_file_that_does_not_fit_the_config_raises_naming_both(tmp_path
     del state["proj_out.bias"]
     save_file(state, str(weights))
     manifest = json.loads((tmp_path / "ckpt" / "checkpoint.json").read_text())
-    manifest["sha256"] = checkpoint_module.file_sha256(weights)
+    manifest["sha256"] = file_sha256(weights)
     (tmp_path / "ckpt" / "checkpoint.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match=r"model\.safetensors: does not fit the model of config\.json"):
         load_checkpoint(tmp_path / "ckpt")

@@ -18,8 +18,8 @@ from torch import Tensor
 from tests.unit.serving.policy_support import tiny_policy
 from wamfleet.fleet_agent.chunk_runner import ActionChunkRunner
 from wamfleet.model.policy import load_policy
+from wamfleet.pipelines.engine_client import EnginePolicyClient
 from wamfleet.serving.engine import PolicyEngine
-from wamfleet.serving.local_client import EnginePolicyClient
 
 torch.set_num_threads(1)
 

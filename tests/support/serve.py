@@ -1,14 +1,14 @@
-"""Running `wamfleet serve` as a child process on loopback (the demo, local rollouts, benchmarks).
+"""Running `wamfleet serve` as a child process on loopback (the serving tests and benchmarks).
 
 KServe's ModelServer owns its process (signal handlers, event loop), so a caller that needs a
-policy endpoint next to its own work starts one as a subprocess and waits for readiness.
+policy endpoint next to its own work starts one as a subprocess and waits for readiness. (The
+platform's local rollouts start theirs in wamfleet.platform.rollouts.backends.local.)
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from wamfleet.platform.entrypoint import WAMFLEET_CLI
 from wamfleet.platform.net import free_port
 
 
@@ -32,7 +33,7 @@ def serve_subprocess(
 ) -> Iterator[str]:
     """Yields the server's base URL once /v2/models/<name>/ready answers; stops it on exit."""
     port = port or free_port(host)
-    cmd = [sys.executable, "-m", "wamfleet.platform.cli.main", "serve", "--policy", str(policy)]
+    cmd = [*WAMFLEET_CLI, "serve", "--policy", str(policy)]
     cmd += ["--host", host, "--port", str(port), "--name", name, *(extra_args or [])]
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}

@@ -1,7 +1,8 @@
 """A PolicyClient that calls a PolicyEngine in the same process: the serving engine, no network.
 
 Pipelines evaluate candidate policies with it (the exact batching, sessions and normalisation
-a served endpoint runs) without starting a server per version.
+a served endpoint runs) without starting a server per version. It joins serving's engine to the
+robot side's client interface, so it lives here, above both: serving never imports fleet_agent.
 """
 
 from __future__ import annotations
