@@ -14,6 +14,8 @@ from kfp import compiler, dsl, kubernetes
 from wamfleet.pipelines import components as c
 
 PIPELINE_NAME = "continuous-finetune"
+# The pipeline's tasks in the order they run (each task's name is its component's).
+STEPS = ("snapshot", "validate", "curate", "shards", "finetune", "evaluate", "register")
 SETTINGS_SECRET = "wamfleet-pipelines"
 SETTINGS_CONFIG_MAP = "wamfleet-pipelines"
 SECRET_ENV = (

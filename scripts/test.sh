@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
-# The test command: lint, type-check, then the test suite. Fails on any of them.
+# The test command: lint, type-check, the layer contracts, then the test suite. Fails on any of them.
+#   bash scripts/test.sh            everything (what CI runs)
+#   bash scripts/test.sh --fast     the inner loop: the same checks, without tests/e2e and `slow` tests
+# Other arguments go to pytest: bash scripts/test.sh --fast -k lerobot
 set -euo pipefail
 cd "$(dirname "$0")/.."
+selection=()
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  selection=(--ignore=tests/e2e -m "not slow")
+fi
 bash scripts/bootstrap.sh
 # The dashboard's browser test drives Debian's chromium (no browser is downloaded by playwright).
 if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
@@ -14,4 +22,5 @@ export PATH="$PWD/.venv/bin:$PATH"
 ruff check .
 ruff format --check .
 mypy
-pytest "$@"
+lint-imports
+pytest "${selection[@]}" "$@"

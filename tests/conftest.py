@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -16,7 +17,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np
 import pytest
 
-from wamfleet.fleet_agent.episode_io import EpisodeWriter
+from wamfleet.fleet_agent.episode_writer import EpisodeWriter
 from wamfleet.platform.contracts import CameraSpec, EmbodimentSpec, Outcome
 from wamfleet.platform.contracts.episode import EpisodeManifest
 from wamfleet.platform.storage import LocalObjectStore, ObjectStore, S3ObjectStore
@@ -219,6 +220,36 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
     """The catalog on SQLite, and on PostgreSQL (skipped only when no server listens)."""
     with catalog_on(request.param, request, tmp_path) as url:
         yield url
+
+
+# MLflow ------------------------------------------------------------------------------------------
+
+MakeMlflowStore = Callable[[Path], str]
+
+
+@pytest.fixture(scope="session")
+def empty_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store with every table, made once per session: creating one runs
+    MLflow's migrations (seconds); copying the file costs milliseconds."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-empty") / "mlflow.db"
+    uri = f"sqlite:///{path}"
+    MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models()
+    return path
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(empty_mlflow_store: Path) -> MakeMlflowStore:
+    """`make(path)`: a fresh copy of the empty store at `path` (its parents made); its `sqlite:///`
+    URI (the resolved path). Session-scoped, so module- and function-scoped fixtures can both use it."""
+
+    def make(path: Path) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(empty_mlflow_store, path)
+        return f"sqlite:///{path.resolve()}"
+
+    return make
 
 
 ADMIN_TOKEN = "admin-test-token"

@@ -24,6 +24,7 @@ from wamfleet.platform.cli.fleet_cmd import parse_tasks
 class ProfileName(StrEnum):
     auto = "auto"
     quick = "quick"
+    smoke = "smoke"
     gpu = "gpu"
 
 
@@ -49,7 +50,11 @@ def demo(
         typer.Option("--quick", help="The quick profile: minutes on 2 CPU cores (same as --profile quick)."),
     ] = False,
     profile: Annotated[
-        ProfileName, typer.Option(help="quick, gpu, or auto: gpu when CUDA is available, else quick.")
+        ProfileName,
+        typer.Option(
+            help="quick, gpu, or auto: gpu when CUDA is available, else quick. smoke: every step on "
+            "the smallest fleet in minutes (checks an install; its policy does not learn)."
+        ),
     ] = ProfileName.auto,
     robots: Annotated[
         int | None, typer.Option(min=1, max=16, help="Simulated robots (profile's default).")

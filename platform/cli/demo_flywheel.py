@@ -20,6 +20,8 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -89,6 +91,26 @@ PROFILES = {
         eval_episodes=5,
         rollout_episodes=2,
         latency_budget_ms=30_000,  # CPU policy servers share two cores with the robots
+    ),
+    "smoke": DemoProfile(
+        name="smoke",
+        # Every step of the flywheel on the smallest fleet, in minutes: checks an install and is the
+        # suite's end-to-end test. 30 training steps do not make a policy that acts (quick does).
+        robots=2,
+        episodes_per_robot=2,
+        tasks=("reach-v3", "push-v3"),
+        image_size=64,
+        max_steps=80,
+        preset="tiny",
+        train_steps=30,
+        resume_steps=10,
+        batch_size=8,
+        curation_workers=0,
+        train_threads=2,
+        use_gpu=False,
+        eval_episodes=2,
+        rollout_episodes=1,
+        latency_budget_ms=30_000,
     ),
     "gpu": DemoProfile(
         name="gpu",
@@ -167,12 +189,40 @@ def _columns() -> tuple[TextColumn | BarColumn | MofNCompleteColumn | TimeElapse
 
 
 def run_demo(settings: Settings, profile: DemoProfile, console: Console, keep_serving: bool) -> DemoSummary:
-    from wamfleet.platform.api.app import create_app
-    from wamfleet.platform.api.server import serve_in_thread
-
     started = time.monotonic()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polls of the policy servers
     prepare_data_dir(settings.data_dir)
+    log_file = settings.data_dir / "logs" / "demo.log"
+    console.print(f"log: {log_file}")
+    with logs_in_file(log_file):
+        return _run(settings, profile, console, keep_serving, started)
+
+
+@contextmanager
+def logs_in_file(path: Path) -> Iterator[None]:
+    """Log records and warnings go to the demo's log file, not between its progress bars: the CLI's
+    root handler writes INFO to stderr (alembic's migrations, the rollout controller, MLflow)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    previous = root.handlers[:]
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.handlers = [handler]
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        root.handlers = previous
+        handler.close()
+
+
+def _run(
+    settings: Settings, profile: DemoProfile, console: Console, keep_serving: bool, started: float
+) -> DemoSummary:
+    from wamfleet.platform.api.app import create_app
+    from wamfleet.platform.api.server import serve_in_thread
+
     admin_token = secrets.token_urlsafe(24)
     ui = start_mlflow_ui(settings)
     settings = settings.model_copy(
@@ -304,9 +354,9 @@ def read_back_and_export(
     summary: DemoSummary, profile: DemoProfile, admin: AdminClient, console: Console
 ) -> None:
     """Downloads every episode through its signed URLs, verifies it, exports LeRobot v3."""
-    from wamfleet.fleet_agent.episode_io import EpisodeReader
+    from wamfleet.fleet_agent.episode_reader import EpisodeReader
     from wamfleet.fleet_agent.sim.sawyer import sawyer_embodiment
-    from wamfleet.pipelines.lerobot_v3 import export_lerobot
+    from wamfleet.pipelines.lerobot_export import export_lerobot
 
     with Progress(*_columns(), console=console) as progress, tempfile.TemporaryDirectory() as tmp:
         readback = progress.add_task("downloading + verifying", total=len(summary.episodes))
@@ -334,6 +384,7 @@ def retrain(
 ) -> RetrainResult:
     """Records a manual retrain in the catalog (as POST /v1/retrains would) and runs its pipeline
     here with kfp.local, so its progress and errors show in this terminal."""
+    from wamfleet.pipelines.pipeline import STEPS
     from wamfleet.pipelines.run import run_recorded
     from wamfleet.platform.catalog import retrains
     from wamfleet.platform.catalog.db import Catalog
@@ -358,10 +409,7 @@ def retrain(
             run = retrains.create_run(
                 session, trigger="manual", reason=reason, requested_by="demo", backend="local", params=params
             )
-        console.print(
-            f"retrain {run.run_id} (parent: {parent}): snapshot, validate, curate, shards, finetune, "
-            "evaluate, register"
-        )
+        console.print(f"retrain {run.run_id} (parent: {parent}): {', '.join(STEPS)}")
         log_path = settings.data_dir / "logs" / f"retrain-{run.run_id}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         console.print(f"its steps' output: {log_path}")
@@ -371,8 +419,14 @@ def retrain(
             contextlib.redirect_stdout(log),  # kfp.local prints every step's output
             contextlib.redirect_stderr(log),
         ):
-            progress.add_task("continuous-finetune pipeline (kfp.local, local Ray)", total=None)
-            result = run_recorded(settings, catalog, params, run.run_id)
+            bar = progress.add_task("pipeline (kfp.local, local Ray): starting", total=len(STEPS))
+
+            def on_step(name: str) -> None:
+                if name in STEPS:
+                    progress.update(bar, completed=STEPS.index(name), description=f"pipeline step: {name}")
+
+            result = run_recorded(settings, catalog, params, run.run_id, on_step)
+            progress.update(bar, completed=len(STEPS), description="pipeline: done")
     finally:
         catalog.dispose()
     outcome = RetrainResult(
@@ -488,14 +542,15 @@ def print_summary(summary: DemoSummary, console: Console) -> None:
             "-" if v.latency_p95_ms is None else f"{v.latency_p95_ms:.0f} ms",
         )
     console.print(versions)
+    # Each decision was printed once, when its rollout ended; here only where each rollout ended.
+    rollouts = Table(title="rollouts")
+    for column in ("version", "against", "decisions", "final stage"):
+        rollouts.add_column(column)
     for r in report.rollouts:
-        decisions = Table(title=f"rollout of version {r.candidate_version}: every decision")
-        for column in ("action", "from", "to", "by", "reason"):
-            decisions.add_column(column)
-        for d in r.decisions:
-            decisions.add_row(d.action, d.from_stage, d.to_stage, d.actor, d.reason)
-        console.print(decisions)
-        console.print(f"rollout of version {r.candidate_version} ended in stage {r.final_stage}")
+        rollouts.add_row(
+            r.candidate_version, r.champion_version or "no champion", str(len(r.decisions)), r.final_stage
+        )
+    console.print(rollouts)
     console.print(
         f"{report.episodes} episodes in the catalog ({report.autonomous_episodes} autonomous); "
         f"{summary.frames_read_back} frames of the fleet's first {len(summary.episodes)} episodes "

@@ -28,7 +28,7 @@ import httpx
 import pytest
 from rich.console import Console
 
-from tests.conftest import ADMIN, ADMIN_TOKEN
+from tests.conftest import ADMIN, ADMIN_TOKEN, MakeMlflowStore
 from tests.integration.api_support import settings_for
 from wamfleet.fleet_agent.sim.fleet import FleetMode
 from wamfleet.platform.api.app import create_app
@@ -157,11 +157,11 @@ class Filled:
 
 
 @contextmanager
-def filled_platform(tmp_path: Path) -> Iterator[Filled]:
+def filled_platform(tmp_path: Path, mlflow_store: MakeMlflowStore) -> Iterator[Filled]:
     settings = settings_for(
         tmp_path,
         f"sqlite:///{tmp_path / 'catalog.db'}",
-        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        mlflow_tracking_uri=mlflow_store(tmp_path / "mlflow.db"),  # a copy of the migrated empty store
         mlflow_ui_url=MLFLOW_UI,
         rollout_check_interval_s=3600,  # the rollout is looked at, never served, in this test
     )
@@ -217,10 +217,10 @@ def video_states(page: Any) -> list[dict[str, Any]]:
     return states
 
 
-def test_dashboard_in_chromium(tmp_path: Path) -> None:
+def test_dashboard_in_chromium(tmp_path: Path, mlflow_store: MakeMlflowStore) -> None:
     require_chromium()
     shots = artifacts_dir()
-    with filled_platform(tmp_path) as filled, browser_page() as page:
+    with filled_platform(tmp_path, mlflow_store) as filled, browser_page() as page:
         page.goto(f"{filled.url}/dashboard")
         page.wait_for_selector("body[data-ready=true]")
         page.wait_for_selector("#tab-overview[data-loaded=true]")

@@ -10,27 +10,30 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 from pydantic import SecretStr
 
+from tests.conftest import MakeMlflowStore
 from wamfleet.fleet_agent.sim.fleet import FleetMode
 from wamfleet.platform.api.app import create_app
 from wamfleet.platform.api.server import serve_in_thread
 from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.catalog.retrains import list_runs
 from wamfleet.platform.cli.fleet_cmd import simulate_fleet
+from wamfleet.platform.entrypoint import WAMFLEET_CLI
 from wamfleet.platform.settings import Settings, runner_env
 
 
 @pytest.fixture(scope="module")
-def fleet_data(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def fleet_data(tmp_path_factory: pytest.TempPathFactory, mlflow_store: MakeMlflowStore) -> Settings:
     data_dir = tmp_path_factory.mktemp("pipeline") / "data"
     token = secrets.token_urlsafe(16)
     settings = Settings(data_dir=data_dir, admin_token=SecretStr(token))
+    # This module's copy of the migrated empty store, where effective_mlflow_uri points.
+    assert mlflow_store(data_dir / "mlflow.db") == settings.effective_mlflow_uri
     with serve_in_thread(create_app(settings)) as api_url:
         simulate_fleet(
             api_url,
@@ -54,7 +57,7 @@ def registry(settings: Settings) -> MlflowClient:
 
 def _retrain(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = runner_env(settings) | {"OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    cmd = [sys.executable, "-m", "wamfleet.platform.cli.main", "retrain", *args]
+    cmd = [*WAMFLEET_CLI, "retrain", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=settings.data_dir)
 
 

@@ -24,6 +24,7 @@ import torch
 from mlflow import MlflowClient
 from pydantic import SecretStr
 
+from tests.conftest import MakeMlflowStore
 from tests.unit.serving.policy_support import tiny_policy
 from wamfleet.fleet_agent.sim.assigned import AssignedEpisode, AssignedRobotPlan, run_assigned_fleet
 from wamfleet.fleet_agent.sim.sawyer import sawyer_embodiment
@@ -61,12 +62,13 @@ def nan_head(source: Path, target: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def fleet(tmp_path_factory: pytest.TempPathFactory, mlflow_store: MakeMlflowStore) -> Iterator[Fleet]:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("rollout")
     token = secrets.token_urlsafe(16)
     settings = Settings(data_dir=root / "data", admin_token=SecretStr(token), rollout_check_interval_s=0.5)
-    uri = settings.effective_mlflow_uri
+    uri = mlflow_store(settings.data_dir / "mlflow.db")  # this module's copy of the migrated empty store
+    assert uri == settings.effective_mlflow_uri
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri  # the fluent API below; the servers get it from the settings
     try:

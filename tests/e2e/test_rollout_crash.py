@@ -11,7 +11,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +21,13 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from tests.conftest import MakeMlflowStore
 from tests.unit.serving.policy_support import tiny_policy
 from wamfleet.fleet_agent.sim.sawyer import sawyer_embodiment
 from wamfleet.platform.catalog.db import Catalog
 from wamfleet.platform.cli.admin_client import AdminClient
 from wamfleet.platform.contracts.rollout import RolloutConfig, StartRollout
+from wamfleet.platform.entrypoint import WAMFLEET_CLI
 from wamfleet.platform.net import free_port
 from wamfleet.platform.rollouts.backends.local import LocalServingBackend
 from wamfleet.platform.settings import Settings, runner_env
@@ -68,7 +69,7 @@ class Platform:
     def start(self) -> None:
         settings_dir = Path(self.env["WAMFLEET_DATA_DIR"])
         settings_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "wamfleet.platform.cli.main", "platform", "serve"]
+        cmd = [*WAMFLEET_CLI, "platform", "serve"]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
@@ -89,10 +90,12 @@ class Platform:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[Settings, str, MlflowClient]]:
+def setup(tmp_path: Path, mlflow_store: MakeMlflowStore) -> Iterator[tuple[Settings, str, MlflowClient]]:
     torch.set_num_threads(1)
     token = secrets.token_urlsafe(16)
     settings = Settings(data_dir=tmp_path / "data")
+    # This test's copy of the migrated empty store, where effective_mlflow_uri points.
+    assert mlflow_store(settings.data_dir / "mlflow.db") == settings.effective_mlflow_uri
     registry = register_versions(settings, tmp_path, 2)
     registry.set_registered_model_alias(MODEL, "champion", "1")
     yield settings, token, registry

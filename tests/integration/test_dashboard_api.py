@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import ADMIN, ADMIN_TOKEN, frame_images
+from tests.conftest import ADMIN, ADMIN_TOKEN, MakeMlflowStore, frame_images
 from tests.integration.api_support import Api, running_api, settings_for
-from wamfleet.fleet_agent.episode_io import EpisodeWriter
+from wamfleet.fleet_agent.episode_writer import EpisodeWriter
 from wamfleet.pipelines.curate import curate, save_curated
 from wamfleet.pipelines.snapshot import freeze_snapshot
 from wamfleet.pipelines.validate import validate_snapshot
@@ -104,22 +103,10 @@ def registry_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
-@pytest.fixture(scope="session")
-def empty_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MLflow SQLite store with its tables, made once: creating them takes seconds."""
-    from mlflow import MlflowClient
-
-    directory = tmp_path_factory.mktemp("mlflow")
-    uri = registry_uri(directory)
-    MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models()
-    return directory / "mlflow.db"
-
-
 @pytest.fixture
-def registry(tmp_path: Path, empty_registry: Path) -> str:
-    """This test's own MLflow store (a copy of the empty one); its tracking URI."""
-    shutil.copyfile(empty_registry, tmp_path / "mlflow.db")
-    return registry_uri(tmp_path)
+def registry(tmp_path: Path, mlflow_store: MakeMlflowStore) -> str:
+    """This test's own MLflow store (a copy of the session's empty one); its tracking URI."""
+    return mlflow_store(tmp_path / "mlflow.db")
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import torch
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
-from tests.conftest import WriteEpisode
+from tests.conftest import MakeMlflowStore, WriteEpisode
 from wamfleet.model.policy import load_policy
 from wamfleet.pipelines.curate import curate
 from wamfleet.pipelines.finetune import FinetuneConfig, finetune
@@ -32,6 +32,9 @@ from wamfleet.platform.contracts.dataset import SnapshotQuery
 from wamfleet.platform.settings import Settings
 from wamfleet.platform.storage.bundles import upload_bundle
 from wamfleet.platform.storage.factory import open_object_store
+
+# Ray Train on two workers: a minute and more; `scripts/test.sh --fast` skips it.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +75,16 @@ def embodiment() -> EmbodimentSpec:
 
 
 def test_new_model_then_lora_on_two_workers(
-    ray_local: None, tmp_path: Path, embodiment: EmbodimentSpec, write_episode: WriteEpisode
+    ray_local: None,
+    tmp_path: Path,
+    embodiment: EmbodimentSpec,
+    write_episode: WriteEpisode,
+    mlflow_store: MakeMlflowStore,
 ) -> None:
     torch.set_num_threads(1)
     settings = Settings(data_dir=tmp_path / "data")
+    # This test's copy of the migrated empty store, where effective_mlflow_uri points.
+    assert mlflow_store(settings.data_dir / "mlflow.db") == settings.effective_mlflow_uri
     index = build_index(settings, embodiment, write_episode)
     train = fetch_shards(open_object_store(settings), index, tmp_path / "check", "train")
     assert len(train) == index.windows("train") > 0

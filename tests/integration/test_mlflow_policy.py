@@ -10,6 +10,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from tests.conftest import MakeMlflowStore
 from tests.unit.serving.policy_support import tiny_policy
 from wamfleet.serving.mlflow_model import log_policy
 from wamfleet.serving.predictor import WAMPredictor, resolve_policy
@@ -18,9 +19,10 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture
-def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A SQLite MLflow store for this test only (through the environment, not global state)."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_store: MakeMlflowStore) -> str:
+    """A SQLite MLflow store for this test only (a copy of the migrated empty one), reached through
+    the environment, not global state."""
+    uri = mlflow_store(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     artifacts = (tmp_path / "artifacts").as_uri()  # not ./mlruns in the working directory
     mlflow.set_experiment(

@@ -104,8 +104,10 @@ class Replica:
 
 @pytest.fixture
 def replicas(
-    pg: str, moto_endpoint: str, tmp_path: Path, embodiment: EmbodimentSpec
+    request: pytest.FixtureRequest, pg: str, moto_endpoint: str, tmp_path: Path, embodiment: EmbodimentSpec
 ) -> Iterator[list[Replica]]:
+    """Two replicas; upload sessions live `request.param` seconds (60 unless a test sweeps them:
+    a short life would expire sessions of robots still uploading on a loaded machine)."""
     host, port = moto_endpoint.split(":")
     shared = {
         "storage_backend": "s3",
@@ -114,7 +116,7 @@ def replicas(
         "s3_secret_key": "b",
         "s3_region": "us-east-1",
         "s3_bucket": f"replicas-{tmp_path.name[-16:].lower().replace('_', '-')}",
-        "upload_session_ttl_s": 2,
+        "upload_session_ttl_s": getattr(request, "param", 60),
     }
     apps = together(
         [partial(create_app, settings_for(tmp_path / f"r{i}", pg, **shared)) for i in range(REPLICAS)]
@@ -193,6 +195,7 @@ def test_robots_spread_over_two_replicas_commit_each_episode_once(
     assert [i.key for i in store.list("commits/")] == []
 
 
+@pytest.mark.parametrize("replicas", [2], indirect=True, ids=["ttl-2s"])
 def test_both_replicas_sweeping_expire_each_stale_session_once(
     replicas: list[Replica], write_episode: WriteEpisode
 ) -> None:
@@ -201,7 +204,7 @@ def test_both_replicas_sweeping_expire_each_stale_session_once(
     for i in range(4):
         directory, manifest = write_episode(frames=3, robot_id="robot-stale")
         sessions.append(open_and_put(replicas[i % REPLICAS], token, directory, manifest))
-    time.sleep(2.2)  # past upload_session_ttl_s
+    time.sleep(2.2)  # past the sessions' 2 s life
     for _ in range(2):
         results = together([rep.state.ingest.expire_stale_sessions for rep in replicas])
         assert all(isinstance(n, int) for n in results), results

@@ -25,6 +25,7 @@ import pytest
 from mlflow import MlflowClient
 from sqlalchemy import select
 
+from tests.conftest import MakeMlflowStore
 from tests.unit.serving.policy_support import tiny_policy
 from wamfleet.fleet_agent.policy_client import WebsocketPolicyClient
 from wamfleet.platform.catalog.db import Catalog
@@ -109,9 +110,13 @@ def pid_of(row: PolicyEndpoint | None) -> int:
 
 
 @pytest.fixture
-def registered_policy(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A tiny policy as version 1 of the registered model, in this test's own SQLite MLflow."""
+def registered_policy(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_store: MakeMlflowStore
+) -> str:
+    """A tiny policy as version 1 of the registered model, in this test's own SQLite MLflow (a copy
+    of the migrated empty store, made only here: the failure paths never reach MLflow)."""
     uri = settings.effective_mlflow_uri
+    assert mlflow_store(tmp_path / "mlflow.db") == uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # log_policy reaches it through the environment
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the server inherits it: 2 shared cores here
     artifacts = (tmp_path / "artifacts").as_uri()  # not ./mlruns in the working directory
@@ -124,6 +129,7 @@ def registered_policy(settings: Settings, tmp_path: Path, monkeypatch: pytest.Mo
     return "1"
 
 
+@pytest.mark.slow
 def test_serves_a_registered_version_and_survives_a_platform_restart(
     registered_policy: str, make_backend: MakeBackend, settings: Settings
 ) -> None:

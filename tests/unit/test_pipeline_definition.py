@@ -9,9 +9,7 @@ import pytest
 import yaml
 
 from wamfleet.pipelines.evaluate import EvalReport, PolicyScores, decide_gate
-from wamfleet.pipelines.pipeline import CONFIG_ENV, SECRET_ENV, compile_pipeline
-
-STEPS = ["snapshot", "validate", "curate", "shards", "finetune", "evaluate", "register"]
+from wamfleet.pipelines.pipeline import CONFIG_ENV, SECRET_ENV, STEPS, compile_pipeline
 
 
 def test_compiled_yaml_names_every_component_in_order(tmp_path: Path) -> None:
@@ -22,6 +20,8 @@ def test_compiled_yaml_names_every_component_in_order(tmp_path: Path) -> None:
     assert set(tasks) == set(STEPS)
     assert tasks["validate"]["dependentTasks"] == ["snapshot"]
     assert set(tasks["register"]["dependentTasks"]) >= {"finetune", "evaluate", "curate", "shards"}
+    for later, step in enumerate(STEPS):  # STEPS is an order they can run in (the demo counts it)
+        assert set(tasks[step].get("dependentTasks", [])) <= set(STEPS[:later]), step
     assert all(
         tasks[s]["cachingOptions"] == {} or not tasks[s]["cachingOptions"].get("enableCache") for s in STEPS
     )
