@@ -31,6 +31,9 @@ from wamfleet.fleet_agent.spool import Spool
 from wamfleet.platform.cli.main import app
 from wamfleet.platform.net import free_port
 
+# Real `wamfleet serve` subprocesses and wall-clock control rates: `scripts/test.sh --fast` skips it.
+pytestmark = pytest.mark.slow
+
 cli = CliRunner()
 
 

@@ -16,6 +16,9 @@ from benchmarks.fleet_load import Config, report, run, tally
 from benchmarks.ingest import ACCESS_KEY, PLATFORM_BUCKET, REGION, SECRET_KEY
 from tests.conftest import catalog_on
 
+# Platform replicas in their own processes: `scripts/test.sh --fast` skips it.
+pytestmark = pytest.mark.slow
+
 REPLICAS, ROBOTS = 2, 8
 
 

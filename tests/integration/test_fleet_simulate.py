@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import ADMIN, ADMIN_TOKEN
@@ -12,6 +13,9 @@ from tests.integration.api_support import settings_for
 from wamfleet.platform.api.app import create_app
 from wamfleet.platform.api.server import serve_in_thread
 from wamfleet.platform.cli.main import app
+
+# Simulated robots in their own processes: `scripts/test.sh --fast` skips it.
+pytestmark = pytest.mark.slow
 
 
 def test_fleet_simulate_uploads_through_the_api(tmp_path: Path) -> None:

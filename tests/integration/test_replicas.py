@@ -41,6 +41,9 @@ from wamfleet.platform.rollouts.backends.kserve import KServeBackend
 from wamfleet.platform.rollouts.controller import RolloutController
 from wamfleet.platform.rollouts.registry import AliasRegistry
 
+# Two whole platforms against PostgreSQL and S3: `scripts/test.sh --fast` skips it.
+pytestmark = pytest.mark.slow
+
 REPLICAS = 2
 
 

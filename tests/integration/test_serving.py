@@ -17,6 +17,9 @@ from tests.support.serve import serve_subprocess
 from tests.unit.serving.policy_support import tiny_policy
 from wamfleet.platform.contracts.protocol import packb, unpackb
 
+# A real `wamfleet serve` subprocess: `scripts/test.sh --fast` skips it.
+pytestmark = pytest.mark.slow
+
 API_KEY = "robot-fleet-key"
 AUTH = {"Authorization": f"Api-Key {API_KEY}"}
 MAX_MESSAGE_MIB = 32  # one setting: uvicorn's websocket frame limit and the handler's

@@ -13,6 +13,9 @@ from wamfleet.fleet_agent.sim.fleet import FleetMode, SimRobotPlan, layout_seed,
 from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot
 from wamfleet.fleet_agent.sim.sawyer import STATE_NAMES
 
+# MuJoCo robots in their own processes: `scripts/test.sh --fast` skips it.
+pytestmark = pytest.mark.slow
+
 
 def test_expert_episode_succeeds_and_round_trips(tmp_path: Path) -> None:
     robot = MetaWorldRobot("reach-v3", image_size=64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from wamfleet.fleet_agent.episode_reader import EpisodeReader
@@ -13,6 +14,9 @@ from wamfleet.fleet_agent.sim.metaworld_robot import MetaWorldRobot
 from wamfleet.model.policy import load_policy
 from wamfleet.pipelines.train_local import train_policy
 from wamfleet.serving.engine import InferRequest, PolicyEngine
+
+# Trains and serves a policy: `scripts/test.sh --fast` skips it.
+pytestmark = pytest.mark.slow
 
 torch.set_num_threads(1)
 

@@ -23,7 +23,7 @@ def test_log_records_and_warnings_go_to_the_file_while_the_demo_runs(
         before = root.handlers[:]
         log = tmp_path / "logs" / "demo.log"
         with logs_in_file(log):
-            logging.getLogger("alembic.runtime.migration").info("Running upgrade 0001 -> 0002")
+            logging.getLogger("wamfleet.tests.migration").info("Running upgrade 0001 -> 0002")
             logging.getLogger("wamfleet.platform.rollouts.controller").info("rollout r1 advanced")
             warnings.warn("a library's warning", UserWarning, stacklevel=1)
         assert root.handlers == before

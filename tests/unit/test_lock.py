@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from importlib.metadata import PackageNotFoundError, version
+import sysconfig
+from importlib.metadata import distributions
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -92,12 +93,12 @@ def test_docker_constraints_are_generated_from_the_lock() -> None:
 
 
 def test_this_environment_is_the_lock() -> None:
+    # The venv's own site-packages only: Ray puts its vendored copies (psutil) on sys.path.
+    site = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     wrong = []
     for name, pin in uc.read_lock().items():
-        try:
-            installed = version(name)
-        except PackageNotFoundError:
-            installed = "missing"
+        found = list(distributions(name=name, path=site))
+        installed = found[0].version if found else "missing"
         if installed != pin.version and canonicalize_name(name) not in {"pip", "setuptools", "wheel"}:
             wrong.append(f"{name}: locked {pin.version}, installed {installed}")
     assert not wrong, "run `bash scripts/bootstrap.sh`:\n" + "\n".join(wrong)

@@ -15,6 +15,9 @@ from tests.unit.model.wam_support import masks, synthetic_batch, tiny_model
 from wamfleet.model.sampler import ChunkPrediction, ChunkSampler, Session
 from wamfleet.model.transformer import CompileSettings, WorldActionModel
 
+# Compiles the denoising step with inductor: `scripts/test.sh --fast` skips it.
+pytestmark = pytest.mark.slow
+
 torch.set_num_threads(1)
 
 

@@ -30,6 +30,9 @@ from wamfleet.serving.engine import (
     session_bytes,
 )
 
+# Compiles the denoising step with inductor: `scripts/test.sh --fast` skips it.
+pytestmark = pytest.mark.slow
+
 torch.set_num_threads(1)
 GIB = 2**30
 
