@@ -78,9 +78,9 @@ def project_requirements(pyproject: Path = ROOT / "pyproject.toml") -> dict[str,
     """Extra ("" for the base) -> wamfleet's own requirements, the self-referencing `all` left out."""
     project = tomllib.loads(pyproject.read_text())["project"]
     groups = {"": project["dependencies"], **project["optional-dependencies"]}
+    parsed = {extra: [Requirement(r) for r in reqs] for extra, reqs in groups.items()}
     return {
-        extra: [Requirement(r) for r in reqs if canonicalize_name(Requirement(r).name) != "wamfleet"]
-        for extra, reqs in groups.items()
+        extra: [r for r in reqs if canonicalize_name(r.name) != "wamfleet"] for extra, reqs in parsed.items()
     }
 
 

@@ -17,8 +17,9 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np
 import pytest
 
+from tests.support.embodiments import small_arm
 from wamfleet.fleet_agent.episode_writer import EpisodeWriter
-from wamfleet.platform.contracts import CameraSpec, EmbodimentSpec, Outcome
+from wamfleet.platform.contracts import EmbodimentSpec, Outcome
 from wamfleet.platform.contracts.episode import EpisodeManifest
 from wamfleet.platform.storage import LocalObjectStore, ObjectStore, S3ObjectStore
 
@@ -55,16 +56,7 @@ def object_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
 
 @pytest.fixture
 def embodiment() -> EmbodimentSpec:
-    return EmbodimentSpec(
-        name="test-arm",
-        cameras=[
-            CameraSpec(name="front", height=32, width=48),
-            CameraSpec(name="wrist", height=32, width=32),
-        ],
-        fps=15,
-        state_names=["j0", "j1", "j2"],
-        action_names=["a0", "a1"],
-    )
+    return small_arm("test-arm")
 
 
 def frame_images(spec: EmbodimentSpec, index: int) -> dict[str, np.ndarray]:

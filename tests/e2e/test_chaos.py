@@ -113,19 +113,15 @@ def test_every_episode_lands_once_and_whole_under_chaos(
     restarter = Restarter(platform, random.Random(rng.randrange(1 << 32)))
     observer: Observer | None = None
 
-    def stop_observer() -> None:
-        if observer is not None and observer.is_alive():
+    def stop_observer() -> None:  # the observer starts once the platform is up
+        if observer is not None:
             observer.stop()
-
-    def stop_restarter() -> None:
-        if restarter.is_alive():
-            restarter.stop()
 
     def close_logs() -> None:
         platform_log.close()
         agent_log.close()
 
-    with running(close_logs, proxy.stop, platform.stop, stop_restarter, stop_observer):
+    with running(close_logs, proxy.stop, platform.stop, restarter.stop, stop_observer):
         # Set up with the network healthy: the bucket, the embodiment, the robots, the episodes.
         platform.start()
         tokens = register(platform.url, spec, ROBOTS)

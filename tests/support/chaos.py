@@ -28,10 +28,11 @@ import numpy as np
 from sqlalchemy import create_engine, select
 
 from tests.conftest import frame_images
+from tests.support.embodiments import small_arm
 from wamfleet.fleet_agent.episode_writer import EpisodeWriter
 from wamfleet.fleet_agent.spool import Spool
 from wamfleet.platform.catalog.tables import Episode, UploadSession
-from wamfleet.platform.contracts import CameraSpec, EmbodimentSpec, Outcome
+from wamfleet.platform.contracts import EmbodimentSpec, Outcome
 from wamfleet.platform.contracts.episode import MANIFEST_FILE, EpisodeManifest
 from wamfleet.platform.contracts.ids import new_episode_id
 from wamfleet.platform.entrypoint import WAMFLEET_CLI
@@ -58,16 +59,7 @@ def sha256_bytes(data: bytes) -> str:
 
 def embodiment() -> EmbodimentSpec:
     """The robots' embodiment: two small cameras, so episodes are tens of KB."""
-    return EmbodimentSpec(
-        name="chaos-arm",
-        cameras=[
-            CameraSpec(name="front", height=32, width=48),
-            CameraSpec(name="wrist", height=32, width=32),
-        ],
-        fps=15,
-        state_names=["j0", "j1", "j2"],
-        action_names=["a0", "a1"],
-    )
+    return small_arm("chaos-arm")
 
 
 def platform_env(*, s3_endpoint: str, bucket: str, catalog_url: str, data_dir: Path) -> dict[str, str]:
@@ -163,17 +155,36 @@ class Platform:
             self._kill()
 
 
-class Restarter(threading.Thread):
+class StoppableThread(threading.Thread):
+    """A daemon thread that runs until stop(). stop() waits for it, and does nothing before it
+    started or once it ended, so a harness's `running()` may call it whatever happened before."""
+
+    join_timeout_s = 60.0
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.stop_event = threading.Event()
+
+    def stop(self) -> None:
+        if not self.is_alive():
+            return
+        self.stop_event.set()
+        self.join(timeout=self.join_timeout_s)
+        assert not self.is_alive(), f"the {self.name} thread did not stop"
+
+
+class Restarter(StoppableThread):
     """SIGKILLs and restarts the platform at random intervals until stopped."""
+
+    join_timeout_s = 120.0  # a restart in progress finishes first
 
     def __init__(
         self, platform: Platform, rng: random.Random, every_s: tuple[float, float] = RESTART_EVERY_S
     ) -> None:
-        super().__init__(name="chaos-restarter", daemon=True)
+        super().__init__("chaos-restarter")
         self.platform = platform
         self.rng = rng
         self.every_s = every_s
-        self.stop_event = threading.Event()
         self.restarts = 0
         self.error: BaseException | None = None
 
@@ -184,11 +195,6 @@ class Restarter(threading.Thread):
                 self.restarts += 1
         except BaseException as exc:  # noqa: BLE001 - reported by the caller, not lost in a thread
             self.error = exc
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.join(timeout=120)
-        assert not self.is_alive(), "the restarter thread did not stop"
 
 
 # The observer: what the catalog lists must be whole in the store --------------------------------
@@ -246,7 +252,7 @@ def check_in_store(store: S3ObjectStore, episode: Recorded) -> list[str]:
     return problems
 
 
-class Observer(threading.Thread):
+class Observer(StoppableThread):
     """Polls the catalog whenever the platform answers and checks every listed episode in moto.
 
     A newly listed episode is checked at once; every `recheck_every`-th poll checks them all again.
@@ -264,7 +270,7 @@ class Observer(threading.Thread):
         poll_s: float = 0.2,
         recheck_every: int = 5,
     ) -> None:
-        super().__init__(name="chaos-observer", daemon=True)
+        super().__init__("chaos-observer")
         self.url = url
         self.store = store
         self.recorded = recorded
@@ -272,7 +278,6 @@ class Observer(threading.Thread):
         self.max_pages = max_pages
         self.poll_s = poll_s
         self.recheck_every = recheck_every
-        self.stop_event = threading.Event()
         self.violations: list[str] = []
         self.seen: set[str] = set()
         self.polls = 0
@@ -332,11 +337,6 @@ class Observer(threading.Thread):
             time.sleep(0.1)
         self.stop()
         assert self.error is None, f"the observer failed: {self.error!r}"
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.join(timeout=60)
-        assert not self.is_alive(), "the observer thread did not stop"
 
 
 # The robots' agents ------------------------------------------------------------------------
