@@ -3,6 +3,9 @@
 #   bash scripts/test.sh            everything (what CI runs)
 #   bash scripts/test.sh --fast     the inner loop: the same checks, without tests/e2e and `slow` tests
 # Other arguments go to pytest: bash scripts/test.sh --fast -k lerobot
+# pytest runs on WAMFLEET_TEST_WORKERS xdist workers (default 2, one per core of the CI machine),
+# a module per worker at a time, handed out in collection order (tests/conftest.py puts the longest
+# first); WAMFLEET_TEST_WORKERS=0 runs it in one process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 selection=()
@@ -23,4 +26,4 @@ ruff check .
 ruff format --check .
 mypy
 lint-imports
-pytest "${selection[@]}" "$@"
+pytest -n "${WAMFLEET_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "${selection[@]}" "$@"
