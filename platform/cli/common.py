@@ -20,7 +20,8 @@ PolicyEndpoint = Annotated[
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Ends the command with a one-line error naming what was wrong."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    # soft_wrap: a path in the message must stay one piece (rich would break it at 80 columns).
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -69,6 +69,19 @@ def test_import_of_a_non_dataset_names_the_problem(tmp_path: Path) -> None:
     assert "meta/info.json: missing" in result.output
 
 
+def test_an_error_naming_a_long_path_keeps_it_in_one_piece(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rich wrapped error messages at the terminal's width, breaking paths with newlines (one a
+    user could not paste back); the terminal wraps them now."""
+    monkeypatch.setenv("COLUMNS", "40")
+    dataset = tmp_path / ("a-dataset-with-a-long-name-" * 3)
+    dataset.mkdir()
+    result = runner.invoke(app, ["data", "import-lerobot", str(dataset)])
+    assert result.exit_code == 2
+    assert f"{dataset}/meta/info.json: missing" in result.output
+
+
 def test_demo_refuses_a_foreign_non_empty_dir(tmp_path: Path) -> None:
     target = tmp_path / "precious"
     target.mkdir()
