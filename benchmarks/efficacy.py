@@ -16,6 +16,8 @@ ever uses, and the scripted expert is measured on the very same evaluation layou
   (e) flywheel        v1 (= the WAM of (a)) drives the fleet on new training layouts; v2 trains on
                       the expert data plus those autonomous episodes, outcome-aware (failed ones
                       train the world model only) and, as the ablation, imitating everything.
+  (f) training-budget the WAM of (a) against the same data trained --budget-factor times as many
+                      steps (cosine over the longer run): does the recipe's budget limit it?
 
 Resumable: every dataset, policy and evaluation lands under --work and is skipped when found,
 so a killed run (or a GPU slice that ran out of time, --budget-minutes) continues where it
@@ -68,6 +70,7 @@ EXPERIMENTS = {
     "c": "video-transfer",
     "d": "wam-vs-vla",
     "e": "flywheel",
+    "f": "training-budget",
 }
 
 
@@ -175,6 +178,7 @@ class Runner:
     work: Path
     state: State
     deadline: float | None
+    budget_factor: int = 4  # (f): the long arm trains this many times the profile's steps
 
     def unit(self, key: str, build: Callable[[], Any]) -> Any:
         done = self.state.get(key)
@@ -256,7 +260,13 @@ class Runner:
     # Training and evaluation -------------------------------------------------------------------
 
     def train(
-        self, seed: int, arm: str, bundles: list[str], max_windows: int | None = None, **options: Any
+        self,
+        seed: int,
+        arm: str,
+        bundles: list[str],
+        max_windows: int | None = None,
+        steps: int | None = None,
+        **options: Any,
     ) -> str:
         directory = self.work / f"seed{seed}" / "policies" / arm
 
@@ -265,13 +275,14 @@ class Runner:
 
             p = self.profile
             overrides = dict(p.config_overrides) | options.pop("config_overrides", {})
+            arm_steps = steps or p.steps
             started = time.perf_counter()
             result = train_policy(
                 [Path(b) for b in sorted(bundles)],
                 directory,
                 sawyer_embodiment(p.image_size),
                 preset=p.preset,
-                steps=p.steps,
+                steps=arm_steps,
                 batch_size=p.batch_size,
                 lr=p.lr,
                 seed=seed,
@@ -288,6 +299,7 @@ class Runner:
                 "policy": str(directory),
                 "episodes": len(bundles),
                 "windows": result.windows,
+                "steps": arm_steps,
                 "final_loss": float(np.mean(last)),
                 "train_s": round(seconds, 1),
             }
@@ -297,7 +309,7 @@ class Runner:
                         "seed": seed,
                         "arm": arm,
                         "preset": p.preset,
-                        "steps": p.steps,
+                        "steps": arm_steps,
                         "batch_size": p.batch_size,
                     }
                     | {k: str(v) for k, v in options.items()}
@@ -426,6 +438,14 @@ def run_seed(runner: Runner, seed: int, experiments: set[str]) -> None:
         for arm, rule in (("v2", "world_model"), ("v2-imitate", "imitate")):
             v2 = runner.train(seed, arm, diverse + fleet, failed_episodes=rule)
             runner.evaluate(seed, arm, v2, p.tasks)
+    if "f" in experiments:
+        arm = long_arm(runner.budget_factor)
+        long = runner.train(seed, arm, diverse, max_windows=max_windows, steps=runner.budget_factor * p.steps)
+        runner.evaluate(seed, arm, long, p.tasks)
+
+
+def long_arm(factor: int) -> str:
+    return f"wam-{factor}x-steps"
 
 
 # Report -----------------------------------------------------------------------------------------
@@ -461,7 +481,9 @@ def pooled(
     return {"seeds": [s for s, _ in done], "tasks": rows}
 
 
-def summarise(state: State, profile: Profile, seeds: list[int], experiments: set[str]) -> dict[str, Any]:
+def summarise(
+    state: State, profile: Profile, seeds: list[int], experiments: set[str], budget_factor: int = 4
+) -> dict[str, Any]:
     """The requested experiments' arms, pooled over the seeds (only what ran is shown)."""
     seen, held = profile.tasks, (profile.heldout_task,)
     arms: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
@@ -480,6 +502,11 @@ def summarise(state: State, profile: Profile, seeds: list[int], experiments: set
             "vla, held-out task": ("vla", held),
         },
         "e": {"v1": ("wam", seen), "v2 outcome-aware": ("v2", seen), "v2 imitate all": ("v2-imitate", seen)},
+        "f": {
+            "expert": ("expert", seen),
+            f"wam, {profile.steps} steps": ("wam", seen),
+            f"wam, {budget_factor * profile.steps} steps": (long_arm(budget_factor), seen),
+        },
     }
     out: dict[str, Any] = {}
     for letter, named in arms.items():
@@ -490,16 +517,22 @@ def summarise(state: State, profile: Profile, seeds: list[int], experiments: set
             for label, (arm, tasks) in named.items()
         }
         out[EXPERIMENTS[letter]] = {k: v for k, v in results.items() if v is not None}
-    a = out.get(EXPERIMENTS["a"], {})
+    a, f = out.get(EXPERIMENTS["a"], {}), out.get(EXPERIMENTS["f"], {})
     if "wam" in a and "expert" in a:  # the issue's target: at least 0.8 of the expert's success
-        out["wam-to-expert-ratio"] = {
-            task: row["rate"] / a["expert"]["tasks"][task]["rate"]
-            if a["expert"]["tasks"][task]["rate"]
-            else None
-            for task, row in a["wam"]["tasks"].items()
-        }
+        out["wam-to-expert-ratio"] = ratio_to_expert(a["wam"], a["expert"])
+    long_label = f"wam, {budget_factor * profile.steps} steps"
+    if long_label in f and "expert" in f:
+        out["long-wam-to-expert-ratio"] = ratio_to_expert(f[long_label], f["expert"])
     out["training"] = {k: v for k, v in state.units.items() if "/train/" in k}
     return out
+
+
+def ratio_to_expert(arm: dict[str, Any], expert: dict[str, Any]) -> dict[str, float | None]:
+    rates = expert["tasks"]
+    return {
+        task: row["rate"] / rates[task]["rate"] if rates[task]["rate"] else None
+        for task, row in arm["tasks"].items()
+    }
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -517,8 +550,9 @@ def print_summary(summary: dict[str, Any]) -> None:
                     f"{task} {row['successes']}/{row['episodes']} {row['rate']:.2f} [{low:.2f}, {high:.2f}]"
                 )
             print(f"  {label:<26} seeds {result['seeds']}: " + "; ".join(cells))
-        if name == EXPERIMENTS["a"] and summary.get("wam-to-expert-ratio"):
-            ratios = summary["wam-to-expert-ratio"]
+        key = {EXPERIMENTS["a"]: "wam-to-expert-ratio", EXPERIMENTS["f"]: "long-wam-to-expert-ratio"}
+        ratios = summary.get(key.get(name, ""))
+        if ratios:
             cells = [f"{t} {r:.2f}" if r is not None else f"{t} -" for t, r in ratios.items()]
             print("  wam / expert success       " + "; ".join(cells))
 
@@ -557,10 +591,17 @@ def main() -> None:
     )
     parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--experiments", default="a,b,c,d,e", help="letters among a,b,c,d,e")
+    parser.add_argument("--experiments", default="a,b,c,d,e", help="letters among a,b,c,d,e,f")
+    parser.add_argument(
+        "--budget-factor", type=int, default=4, help="(f): the long arm's steps, in profile steps"
+    )
     parser.add_argument("--work", type=Path, help="default: ~/.cache/wamfleet/efficacy/<profile>")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--mlflow-uri", help="default: sqlite under --work")
+    parser.add_argument(
+        "--tag",
+        help="appended to the output's name (efficacy-<profile>-<tag>.json), keeping other runs' files",
+    )
     parser.add_argument(
         "--budget-minutes", type=float, help="start no unit after this long (rerun to resume)"
     )
@@ -602,7 +643,9 @@ def main() -> None:
     mlflow.set_experiment("wamfleet-efficacy")
     deadline = time.monotonic() + 60 * args.budget_minutes if args.budget_minutes else None
     state = State(work / "state.json")
-    runner = Runner(profile, work, state, deadline)
+    if args.budget_factor < 2:
+        parser.error("--budget-factor: at least 2 (the long arm must train longer than (a)'s)")
+    runner = Runner(profile, work, state, deadline, args.budget_factor)
     finished = True
     try:
         for seed in seeds:
@@ -610,7 +653,7 @@ def main() -> None:
     except OutOfTime as stop:
         finished = False
         log(f"--budget-minutes spent before {stop}; rerun the same command to continue")
-    summary = summarise(state, profile, seeds, experiments)
+    summary = summarise(state, profile, seeds, experiments, args.budget_factor)
     result = {
         "profile": args.profile,
         "settings": asdict(profile),
@@ -623,7 +666,7 @@ def main() -> None:
         "results": summary,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if args.profile == "cpu" else f"-{args.profile}"
+    suffix = ("" if args.profile == "cpu" else f"-{args.profile}") + (f"-{args.tag}" if args.tag else "")
     (args.out / f"efficacy{suffix}.json").write_text(json.dumps(result, indent=1))
     plot(summary, args.out / f"efficacy{suffix}.png")
     print_summary(summary)
