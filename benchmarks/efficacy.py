@@ -72,6 +72,7 @@ EXPERIMENTS = {
     "e": "flywheel",
     "f": "training-budget",
 }
+BUDGET_FACTOR = 4  # (f): the long arm trains this many times the profile's steps
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,7 @@ class Runner:
     work: Path
     state: State
     deadline: float | None
-    budget_factor: int = 4  # (f): the long arm trains this many times the profile's steps
+    budget_factor: int = BUDGET_FACTOR
 
     def unit(self, key: str, build: Callable[[], Any]) -> Any:
         done = self.state.get(key)
@@ -482,10 +483,15 @@ def pooled(
 
 
 def summarise(
-    state: State, profile: Profile, seeds: list[int], experiments: set[str], budget_factor: int = 4
+    state: State,
+    profile: Profile,
+    seeds: list[int],
+    experiments: set[str],
+    budget_factor: int = BUDGET_FACTOR,
 ) -> dict[str, Any]:
     """The requested experiments' arms, pooled over the seeds (only what ran is shown)."""
     seen, held = profile.tasks, (profile.heldout_task,)
+    long_label = f"wam, {budget_factor * profile.steps} steps"
     arms: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "a": {"expert": ("expert", seen), "wam": ("wam", seen)},
         "b": {"diverse": ("wam", seen), "repetitive": ("repetitive", seen)},
@@ -505,7 +511,7 @@ def summarise(
         "f": {
             "expert": ("expert", seen),
             f"wam, {profile.steps} steps": ("wam", seen),
-            f"wam, {budget_factor * profile.steps} steps": (long_arm(budget_factor), seen),
+            long_label: (long_arm(budget_factor), seen),
         },
     }
     out: dict[str, Any] = {}
@@ -520,7 +526,6 @@ def summarise(
     a, f = out.get(EXPERIMENTS["a"], {}), out.get(EXPERIMENTS["f"], {})
     if "wam" in a and "expert" in a:  # the issue's target: at least 0.8 of the expert's success
         out["wam-to-expert-ratio"] = ratio_to_expert(a["wam"], a["expert"])
-    long_label = f"wam, {budget_factor * profile.steps} steps"
     if long_label in f and "expert" in f:
         out["long-wam-to-expert-ratio"] = ratio_to_expert(f[long_label], f["expert"])
     out["training"] = {k: v for k, v in state.units.items() if "/train/" in k}
@@ -593,7 +598,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--experiments", default="a,b,c,d,e", help="letters among a,b,c,d,e,f")
     parser.add_argument(
-        "--budget-factor", type=int, default=4, help="(f): the long arm's steps, in profile steps"
+        "--budget-factor", type=int, default=BUDGET_FACTOR, help="(f): the long arm's steps, in profile steps"
     )
     parser.add_argument("--work", type=Path, help="default: ~/.cache/wamfleet/efficacy/<profile>")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")

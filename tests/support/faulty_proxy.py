@@ -202,7 +202,8 @@ class FaultyProxy:
     ) -> None:
         rates = FaultRates(slow_down, drop_request, drop_response, flip_byte)
         with self._lock:
-            self._flip_owed = flip_byte > 0 and self._rates.flip_byte == 0
+            # Owed when flips turn on; a flip still owed stays owed while they stay on.
+            self._flip_owed = flip_byte > 0 and (self._flip_owed or self._rates.flip_byte == 0)
             self._rates = rates
 
     def pass_through(self) -> None:
